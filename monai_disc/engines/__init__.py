@@ -1,0 +1,15 @@
+"""Ignite workflows: MONAI trainers and the pieces that adapt them to latent diffusion and mixing."""
+
+from __future__ import annotations
+
+from .checkpoint import ResumeFromLatest, latest_checkpoint
+from .ldm import LatentDiffusionPrepareBatch, SampleGridHandler, mask_tile_grid, preview_masks
+
+__all__ = [
+    "LatentDiffusionPrepareBatch",
+    "ResumeFromLatest",
+    "SampleGridHandler",
+    "latest_checkpoint",
+    "mask_tile_grid",
+    "preview_masks",
+]

@@ -1,0 +1,65 @@
+"""Gleason labels: one place that says what 0..3 mean, how they look, and how datasets encode them."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+__all__ = [
+    "GleasonLabel",
+    "NUM_CLASSES",
+    "LABEL_NAMES",
+    "LABEL_COLORS",
+    "SICAPV2_MASK_VALUES",
+    "SICAPV2_VALUE_TO_LABEL",
+    "GLEASON_PATTERN_TO_LABEL",
+    "PANDA_RADBOUD_VALUE_TO_LABEL",
+    "colorize",
+    "multi_hot",
+]
+
+
+class GleasonLabel(IntEnum):
+    """Pixel and tile labels used throughout the package (K = 4)."""
+
+    NC = 0  # non-cancer: stroma, benign glands, background
+    GG3 = 1
+    GG4 = 2
+    GG5 = 3
+
+
+NUM_CLASSES = len(GleasonLabel)
+LABEL_NAMES: tuple[str, ...] = tuple(label.name for label in GleasonLabel)
+
+# Display colours (RGB, 0-255), chosen to be told apart on H&E and by colour-blind readers.
+LABEL_COLORS: dict[GleasonLabel, tuple[int, int, int]] = {
+    GleasonLabel.NC: (200, 200, 200),
+    GleasonLabel.GG3: (0, 158, 115),
+    GleasonLabel.GG4: (230, 159, 0),
+    GleasonLabel.GG5: (213, 94, 0),
+}
+
+# SICAPv2 grayscale masks store the Gleason pattern: 0 = NC, 3, 4, 5.
+SICAPV2_MASK_VALUES: tuple[int, ...] = (0, 3, 4, 5)
+SICAPV2_VALUE_TO_LABEL: dict[int, int] = {0: 0, 3: 1, 4: 2, 5: 3}
+
+# A Gleason pattern (0 meaning none) as written in slide sheets and PANDA scores.
+GLEASON_PATTERN_TO_LABEL: dict[int, int] = {0: 0, 3: 1, 4: 2, 5: 3}
+
+# PANDA radboud masks: 0 background, 1 stroma, 2 benign epithelium, 3/4/5 Gleason 3/4/5.
+PANDA_RADBOUD_VALUE_TO_LABEL: dict[int, int] = {0: 0, 1: 0, 2: 0, 3: 1, 4: 2, 5: 3}
+
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """Map an integer label map (H, W) to an RGB uint8 picture (H, W, 3) in the display colours."""
+    lut = np.array([LABEL_COLORS[label] for label in GleasonLabel], dtype=np.uint8)
+    return lut[np.clip(np.asarray(labels, dtype=np.int64), 0, NUM_CLASSES - 1)]
+
+
+def multi_hot(labels) -> np.ndarray:
+    """Multi-hot float32 vector [NC, GG3, GG4, GG5] of the given labels (any iterable of ints)."""
+    out = np.zeros(NUM_CLASSES, dtype=np.float32)
+    for label in labels:
+        out[int(label)] = 1.0
+    return out

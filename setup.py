@@ -1,0 +1,46 @@
+"""Packaging for monai_disc: a MONAI extension for mask-conditioned synthesis of prostate histology."""
+
+from __future__ import annotations
+
+from setuptools import find_packages, setup
+
+# Ranges a user's GPU machine can satisfy; the README installs the torch/torchvision pair on this disk.
+INSTALL_REQUIRES = [
+    "torch>=2.4",
+    "torchvision>=0.19",
+    "monai>=1.4,<1.7",
+    "pytorch-ignite>=0.4.11",
+    "numpy>=1.24",
+    "pandas>=2.0",
+    "openpyxl>=3.1",
+    "Pillow>=10.0",
+    "tifffile>=2023.7",
+    "openslide-python>=1.3",
+    "openslide-bin>=4.0",
+    "scipy>=1.10",
+    "tensorboard>=2.14",
+    "timm>=0.9",
+    "tqdm>=4.60",
+    "matplotlib>=3.7",
+    "pyyaml>=6.0",
+    "nystrom-attention>=0.0.11",
+]
+
+EXTRAS_REQUIRE = {
+    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.5", "mkdocs>=1.5"],
+    "monailabel": ["monailabel>=0.8"],
+}
+
+setup(
+    name="monai_disc",
+    version="0.1.0",
+    description="Mask-conditioned latent diffusion (SD, SD-SC, SD-DISC) for Gleason grading, on MONAI",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["monai_disc", "monai_disc.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["monai-disc=monai_disc.cli:main"]},
+)
