@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from .autoencoder import ScaleFactorHandler, VQAutoencoderTrainer, loss_terms
 from .checkpoint import ResumeFromLatest, latest_checkpoint
 from .ldm import LatentDiffusionPrepareBatch, SampleGridHandler, mask_tile_grid, preview_masks
 
 __all__ = [
     "LatentDiffusionPrepareBatch",
     "ResumeFromLatest",
+    "ScaleFactorHandler",
+    "VQAutoencoderTrainer",
     "SampleGridHandler",
     "latest_checkpoint",
+    "loss_terms",
     "mask_tile_grid",
     "preview_masks",
 ]

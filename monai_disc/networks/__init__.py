@@ -1,0 +1,27 @@
+"""Torch modules: the VQ-f4 first stage, the mask encoder and denoiser, and the graders."""
+
+from __future__ import annotations
+
+from .autoencoder import (
+    CodebookQuantizer,
+    VQAutoencoder,
+    VQDecoder,
+    VQEncoder,
+    compute_scale_factor,
+    convert_compvis_vq_state_dict,
+    load_compvis_vq_f4,
+    vq_f4,
+    vq_f4_toy,
+)
+
+__all__ = [
+    "CodebookQuantizer",
+    "VQAutoencoder",
+    "VQDecoder",
+    "VQEncoder",
+    "compute_scale_factor",
+    "convert_compvis_vq_state_dict",
+    "load_compvis_vq_f4",
+    "vq_f4",
+    "vq_f4_toy",
+]
