@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.60",
     "matplotlib>=3.7",
     "pyyaml>=6.0",
+    "fire>=0.5",  # python -m monai.bundle
     "nystrom-attention>=0.0.11",
 ]
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from .autoencoder import ScaleFactorHandler, VQAutoencoderTrainer, loss_terms
-from .checkpoint import ResumeFromLatest, latest_checkpoint
+from .checkpoint import ResumableCheckpoint, latest_checkpoint
 from .ldm import LatentDiffusionPrepareBatch, SampleGridHandler, mask_tile_grid, preview_masks
 
 __all__ = [
     "LatentDiffusionPrepareBatch",
-    "ResumeFromLatest",
+    "ResumableCheckpoint",
     "ScaleFactorHandler",
     "VQAutoencoderTrainer",
     "SampleGridHandler",

@@ -1,4 +1,4 @@
-"""Resume a killed run from the newest checkpoint in its folder, so long jobs lose no finished work."""
+"""Interval checkpoints that a killed run resumes from, so long jobs lose no finished work."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointLoader
+from monai.handlers import CheckpointLoader, CheckpointSaver
 
-__all__ = ["latest_checkpoint", "ResumeFromLatest"]
+__all__ = ["latest_checkpoint", "ResumableCheckpoint"]
 
 _ITER_RE = re.compile(r"_(?:iteration|epoch)=(\d+)\.pt$")
 
@@ -32,35 +32,56 @@ def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> Path 
     return max(found)[1] if found else None
 
 
-class ResumeFromLatest:
-    """Load the newest interval checkpoint of `ckpt_dir` into `load_dict` when the engine starts.
+class ResumableCheckpoint:
+    """Save `save_dict` plus the engine every `interval` iterations; at start, resume from the newest save.
 
-    A fresh run (no checkpoint yet) starts from scratch; a killed run continues at the saved
-    iteration with its optimizer and engine state, because the engine itself is in `load_dict`.
+    The engine joins the saved objects when the handler is attached, so a bundle config can list this
+    handler among the trainer's own handlers without a circular reference. A fresh run starts from
+    scratch; a killed run continues at the saved iteration with its optimizer and engine state.
 
     Args:
-        ckpt_dir: folder that ``CheckpointSaver`` writes to.
-        load_dict: objects to restore, e.g. ``{"network": net, "optimizer": opt, "trainer": trainer}``.
-        prefix: checkpoint file prefix (``CheckpointSaver`` uses "checkpoint" for several objects).
-        map_location: passed to ``torch.load``.
+        ckpt_dir: folder of the interval checkpoints.
+        save_dict: objects to save and restore, e.g. ``{"network": net, "optimizer": opt}``.
+        interval: iterations between saves.
+        n_saved: how many interval checkpoints to keep.
+        engine_key: key of the engine in the checkpoint.
+        map_location: passed to ``torch.load`` when resuming.
     """
 
     def __init__(
-        self, ckpt_dir: str | Path, load_dict: dict, prefix: str = "checkpoint", map_location: str | None = "cpu"
+        self,
+        ckpt_dir: str | Path,
+        save_dict: dict,
+        interval: int = 500,
+        n_saved: int = 2,
+        engine_key: str = "trainer",
+        map_location: str | None = "cpu",
     ) -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be a positive number of iterations, got {interval}")
         self.ckpt_dir = Path(ckpt_dir)
-        self.load_dict = load_dict
-        self.prefix = prefix
+        self.save_dict = dict(save_dict)
+        self.interval = interval
+        self.n_saved = n_saved
+        self.engine_key = engine_key
         self.map_location = map_location
         self.logger = logging.getLogger(self.__class__.__name__)
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
+        objects = {**self.save_dict, self.engine_key: engine}
+        CheckpointSaver(
+            save_dir=str(self.ckpt_dir),
+            save_dict=objects,
+            save_interval=self.interval,
+            epoch_level=False,
+            n_saved=self.n_saved,
+        ).attach(engine)
+        engine.add_event_handler(Events.STARTED, self.resume, objects)
 
-    def __call__(self, engine: Engine) -> None:
-        path = latest_checkpoint(self.ckpt_dir, self.prefix)
+    def resume(self, engine: Engine, objects: dict) -> None:
+        path = latest_checkpoint(self.ckpt_dir)
         if path is None:
             return
         # MONAI's loader restores the objects (weights_only=True) and keeps the configured max_epochs.
-        CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location=self.map_location)(engine)
+        CheckpointLoader(load_path=str(path), load_dict=objects, map_location=self.map_location)(engine)
         self.logger.info(f"resumed from {path} at iteration {engine.state.iteration}")
