@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from .autoencoder import ScaleFactorHandler, VQAutoencoderTrainer, loss_terms
 from .checkpoint import ResumableCheckpoint, latest_checkpoint
-from .ldm import LatentDiffusionPrepareBatch, SampleGridHandler, mask_tile_grid, preview_masks
+from .ldm import (
+    LatentDiffusionPrepareBatch,
+    SampleGridHandler,
+    mask_tile_grid,
+    preview_masks,
+)
+from .mixed import LOSS_REAL, LOSS_SYNTH, MixedSupervisedTrainer, loss_parts, mix_losses
+from .segmentation import SegmentationLoss, carcinonet_train_transforms
 
 __all__ = [
+    "LOSS_REAL",
+    "LOSS_SYNTH",
+    "MixedSupervisedTrainer",
+    "SegmentationLoss",
+    "carcinonet_train_transforms",
+    "loss_parts",
+    "mix_losses",
     "LatentDiffusionPrepareBatch",
     "ResumableCheckpoint",
     "ScaleFactorHandler",

@@ -13,8 +13,12 @@ from .autoencoder import (
     vq_f4,
     vq_f4_toy,
 )
+from .carcinonet import CarcinoNet, carcinonet_toy, load_encoder_weights
 
 __all__ = [
+    "CarcinoNet",
+    "carcinonet_toy",
+    "load_encoder_weights",
     "CodebookQuantizer",
     "VQAutoencoder",
     "VQDecoder",

@@ -1,0 +1,118 @@
+"""Pictures for evaluation: label maps over tiles, and grids of tiles saved as one image."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .labels import colorize
+
+__all__ = ["overlay", "save_grid", "to_uint8"]
+
+
+def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """An RGB picture (H, W, 3) uint8 from a package tile (3, H, W) float in [-1, 1].
+
+    uint8 pictures (H, W, 3) pass through unchanged; grey (H, W) pictures become RGB.
+
+    Raises:
+        ValueError: for shapes other than (3, H, W), (H, W, 3) or (H, W).
+    """
+    a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if a.dtype != np.uint8:
+        if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+            a = np.moveaxis(a, 0, -1)
+        a = np.clip(np.rint((a.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3):
+        raise ValueError(f"expected a (3, H, W) tile or an (H, W, 3) picture, got shape {a.shape}.")
+    return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a
+
+
+def overlay(tile: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, alpha: float = 0.4) -> np.ndarray:
+    """Blend the label colours (``monai_disc.labels.LABEL_COLORS``) over a tile.
+
+    Args:
+        tile: (H, W, 3) uint8 picture, or a (3, H, W) tile in [-1, 1].
+        labels: (H, W) or (1, H, W) integer label map of the same size.
+        alpha: opacity of the colours (0 shows the tile only, 1 the labels only).
+
+    Returns:
+        (H, W, 3) uint8 picture.
+
+    Raises:
+        ValueError: for ``alpha`` outside [0, 1] or mismatched sizes.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}.")
+    rgb = to_uint8(tile)
+    lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    lab = lab.reshape(lab.shape[-2:]) if lab.ndim == 3 and lab.shape[0] == 1 else lab
+    if lab.shape != rgb.shape[:2]:
+        raise ValueError(f"labels {lab.shape} do not match the tile's size {rgb.shape[:2]}.")
+    mixed = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colorize(lab).astype(np.float32)
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+def save_grid(
+    rows: Sequence[Sequence[np.ndarray | torch.Tensor]],
+    path: str | Path,
+    titles: Sequence[str] | None = None,
+    pad: int = 2,
+) -> Path:
+    """Save rows of pictures as one image (written atomically: temp file then rename).
+
+    Args:
+        rows: rows of pictures, each (H, W, 3) uint8 or a (3, H, W) tile in [-1, 1]; cells take
+            the largest picture's size, smaller pictures sit at their top-left.
+        path: output file; the suffix picks the format (``.png``, ``.jpg``).
+        titles: optional column titles written above the first row.
+        pad: white pixels between cells.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: when there is nothing to draw or more titles than columns.
+    """
+    pics = [[to_uint8(p) for p in row] for row in rows]
+    if not pics or not any(pics):
+        raise ValueError(f"{path}: no pictures to save.")
+    n_cols = max(len(r) for r in pics)
+    if titles is not None and len(titles) > n_cols:
+        raise ValueError(f"{path}: {len(titles)} titles for {n_cols} columns.")
+    cell_h = max(p.shape[0] for r in pics for p in r)
+    cell_w = max(p.shape[1] for r in pics for p in r)
+    header = 14 if titles else 0
+    canvas = Image.new(
+        "RGB", (n_cols * cell_w + (n_cols + 1) * pad, header + len(pics) * cell_h + (len(pics) + 1) * pad), "white"
+    )
+    for i, row in enumerate(pics):
+        for j, pic in enumerate(row):
+            canvas.paste(Image.fromarray(pic), (pad + j * (cell_w + pad), header + pad + i * (cell_h + pad)))
+    if titles:
+        draw = ImageDraw.Draw(canvas)
+        for j, title in enumerate(titles):
+            draw.text((pad + j * (cell_w + pad), 1), str(title), fill=(0, 0, 0))
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown picture format {path.suffix!r}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            canvas.save(f, format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
