@@ -14,8 +14,15 @@ from .autoencoder import (
     vq_f4_toy,
 )
 from .carcinonet import CarcinoNet, carcinonet_toy, load_encoder_weights
+from .transmil import PPEG, TransLayer, TransMIL, pad_to_square, transmil, transmil_toy
 
 __all__ = [
+    "PPEG",
+    "TransLayer",
+    "TransMIL",
+    "pad_to_square",
+    "transmil",
+    "transmil_toy",
     "CarcinoNet",
     "carcinonet_toy",
     "load_encoder_weights",
