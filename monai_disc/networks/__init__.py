@@ -14,9 +14,15 @@ from .autoencoder import (
     vq_f4_toy,
 )
 from .carcinonet import CarcinoNet, carcinonet_toy, load_encoder_weights
+from .denoiser import MaskConditionedUNet, mask_ldm_toy, mask_ldm_vq_f4
+from .mask_encoder import MaskEncoder
 from .transmil import PPEG, TransLayer, TransMIL, pad_to_square, transmil, transmil_toy
 
 __all__ = [
+    "MaskConditionedUNet",
+    "MaskEncoder",
+    "mask_ldm_toy",
+    "mask_ldm_vq_f4",
     "PPEG",
     "TransLayer",
     "TransMIL",

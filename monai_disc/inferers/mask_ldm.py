@@ -1,0 +1,237 @@
+"""DDIM sampling of tiles whose Gleason patterns follow a mask (the SD generator)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.networks.schedulers import DDIMScheduler, Scheduler
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from monai_disc.networks.denoiser import MaskConditionedUNet
+
+__all__ = ["LDM_SCHEDULE", "MaskLDMSampler", "ddim_scheduler", "latent_shape_for"]
+
+# The noise schedule of CompVis LDM (its "linear" schedule is MONAI's "scaled_linear_beta": betas linear in sqrt
+# space from 0.0015 to 0.0195 over 1000 steps). Training (DDPMScheduler(**LDM_SCHEDULE)) and sampling must share it.
+LDM_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "schedule": "scaled_linear_beta",
+    "beta_start": 0.0015,
+    "beta_end": 0.0195,
+}
+
+
+def ddim_scheduler(**overrides: Any) -> DDIMScheduler:
+    """MONAI's DDIM on :data:`LDM_SCHEDULE`, stepping as CompVis LDM does.
+
+    No clipping of the predicted latent (latents are not bounded to [-1, 1]); ``steps_offset=1`` with
+    ``set_alpha_to_one=False`` visits timesteps 999..1 and ends at alpha-bar of step 0, as the LDM and Stable
+    Diffusion DDIM samplers do.
+
+    Args:
+        overrides: any ``DDIMScheduler`` argument.
+
+    Returns:
+        the scheduler.
+    """
+    cfg: dict[str, Any] = {**LDM_SCHEDULE, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+    cfg.update(overrides)
+    return DDIMScheduler(**cfg)
+
+
+def latent_shape_for(autoencoder: nn.Module, image_size: Sequence[int], latent_channels: int) -> tuple[int, int, int]:
+    """(C, h, w) latent of an image of ``image_size`` (H, W) under ``autoencoder``.
+
+    Uses the autoencoder's ``downsample_factor`` attribute; without one, encodes a single zero image once.
+
+    Args:
+        autoencoder: first stage with ``encode_stage_2_inputs``, ideally a ``downsample_factor`` attribute.
+        image_size: (H, W) of the tiles.
+        latent_channels: channels of the latents (the denoiser's input channels).
+
+    Returns:
+        (latent_channels, H // f, W // f).
+
+    Raises:
+        ValueError: if the image size is not a multiple of the downsampling factor.
+    """
+    h, w = (int(s) for s in image_size)
+    factor = getattr(autoencoder, "downsample_factor", None)
+    if factor is None:
+        param = next(autoencoder.parameters(), None)
+        device = param.device if param is not None else "cpu"
+        with torch.no_grad():
+            z = autoencoder.encode_stage_2_inputs(torch.zeros(1, 3, h, w, device=device))
+        return latent_channels, int(z.shape[-2]), int(z.shape[-1])
+    factor = int(factor)
+    if h % factor or w % factor:
+        raise ValueError(f"mask size {h}x{w} is not a multiple of the autoencoder's downsampling factor {factor}.")
+    return latent_channels, h // factor, w // factor
+
+
+class MaskLDMSampler:
+    """DDIM sampling of tiles that follow a Gleason mask (SD; also SD-DISC and SD-DISC-CoTrain weights).
+
+    Holds the scheduler, step count and guidance scale and takes the networks as arguments, as MONAI inferers do,
+    so one sampler serves any trained model. :meth:`sample_latents` is the hot loop and knows nothing of masks:
+    the separated-condition inferer reuses it with uniform-mask tokens.
+
+    Each tile's noise comes from its own seed (:meth:`make_noise`), and every operation in the loop acts on each
+    sample alone, so a tile is the same whatever batch it is drawn in.
+
+    Args:
+        scheduler: a MONAI scheduler with DDIM's ``set_timesteps``/``step``; defaults to :func:`ddim_scheduler`.
+        num_inference_steps: denoising steps (200 in the paper).
+        guidance_scale: classifier-free guidance weight w in eps_u + w (eps_c - eps_u); 1 is plain conditional
+            sampling (one network call per step), other values run conditional and unconditional halves as one
+            batched call per step.
+        progress: show a tqdm bar over the steps.
+        decode_batch_size: decode at most this many latents at once (the 512 px decoder needs far more memory
+            per tile than the denoiser); ``None`` decodes the whole batch together.
+
+    Raises:
+        ValueError: on a non-positive step count or more steps than the scheduler was trained with.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler | None = None,
+        num_inference_steps: int = 200,
+        guidance_scale: float = 1.0,
+        progress: bool = True,
+        decode_batch_size: int | None = None,
+    ) -> None:
+        self.scheduler = scheduler if scheduler is not None else ddim_scheduler()
+        if not 0 < num_inference_steps <= self.scheduler.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must lie in 1..{self.scheduler.num_train_timesteps}, got {num_inference_steps}."
+            )
+        self.num_inference_steps = int(num_inference_steps)
+        self.guidance_scale = float(guidance_scale)
+        self.progress = progress
+        if decode_batch_size is not None and decode_batch_size < 1:
+            raise ValueError(f"decode_batch_size must be >= 1 or None, got {decode_batch_size}.")
+        self.decode_batch_size = decode_batch_size
+
+    @staticmethod
+    def make_noise(
+        seeds: Sequence[int], latent_shape: tuple[int, int, int], device: str | torch.device | None = None
+    ) -> Tensor:
+        """z_T for each seed: one CPU generator per sample, so a tile's noise depends on its seed alone.
+
+        Drawn on the CPU and moved, so a seed gives the same noise on any device.
+
+        Args:
+            seeds: one integer per sample.
+            latent_shape: (C, h, w).
+            device: where the noise goes.
+
+        Returns:
+            (len(seeds), C, h, w) float32 noise.
+        """
+        noise = torch.stack(
+            [torch.randn(tuple(latent_shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        )
+        return noise.to(device)
+
+    @torch.no_grad()
+    def sample_latents(
+        self, noise: Tensor, context: Tensor, denoiser: nn.Module, null_context: Tensor | None = None
+    ) -> Tensor:
+        """Denoise z_T to z_0 under fixed context tokens.
+
+        Everything that does not change between steps (timestep tensors on the device, the doubled context for
+        guidance) is built once before the loop; each step is one network call and one scheduler step.
+
+        Args:
+            noise: z_T, (B, C, h, w).
+            context: (B, N, D) condition tokens, computed once by the caller (``denoiser.encode_mask``).
+            denoiser: the noise predictor, called as ``denoiser(x, timesteps, context=tokens)``.
+            null_context: (B, N, D) or (1, N, D) unconditional tokens for guidance; defaults to
+                ``denoiser.null_context(B)``. Unused when ``guidance_scale == 1``.
+
+        Returns:
+            z_0, (B, C, h, w), in the dtype of ``noise`` (the scheduler step runs in that precision even when the
+            network runs under autocast).
+
+        Raises:
+            ValueError: if noise and context disagree in batch size.
+        """
+        b = noise.shape[0]
+        if context.shape[0] != b:
+            raise ValueError(f"context has {context.shape[0]} samples but noise has {b}.")
+        scheduler = self.scheduler
+        scheduler.set_timesteps(self.num_inference_steps)
+        steps = [int(t) for t in scheduler.timesteps]  # plain ints: the step's table lookups stay on the host
+        guided = self.guidance_scale != 1.0
+        if guided:
+            if null_context is None:
+                null_context = denoiser.null_context(b)
+            null_context = null_context.to(context).expand(b, -1, -1)
+            context = torch.cat([null_context, context])
+        batch = context.shape[0]
+        t_device = torch.tensor(steps, device=noise.device).unsqueeze(1).expand(-1, batch)  # one copy, not one per step
+
+        x = noise
+        for i, t in enumerate(tqdm(steps, desc="DDIM", leave=False, disable=not self.progress)):
+            eps = denoiser(torch.cat([x, x]) if guided else x, t_device[i], context=context).to(x.dtype)
+            if guided:
+                eps_u, eps_c = eps.chunk(2)
+                eps = eps_u + self.guidance_scale * (eps_c - eps_u)
+            x, _ = scheduler.step(eps, t, x)
+        return x
+
+    @torch.no_grad()
+    def sample(
+        self,
+        masks: Tensor,
+        autoencoder: nn.Module,
+        denoiser: MaskConditionedUNet,
+        seeds: Sequence[int] | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Tiles for Gleason masks.
+
+        Args:
+            masks: integer label maps (B, H, W) or (B, 1, H, W), H and W multiples of the autoencoder's factor.
+            autoencoder: first stage with ``decode_stage_2_outputs`` (and ``downsample_factor``, ``scale_factor``;
+                a missing ``scale_factor`` counts as 1).
+            denoiser: a :class:`monai_disc.networks.MaskConditionedUNet`.
+            seeds: one noise seed per mask (see :meth:`make_noise`). When neither seeds nor noise are given, seeds
+                are drawn from torch's global generator.
+            noise: explicit z_T (B, C, h, w) instead of seeds.
+
+        Returns:
+            tiles (B, 3, H, W) in [-1, 1], float32.
+
+        Raises:
+            ValueError: if seeds or noise do not match the masks.
+        """
+        if masks.ndim == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        if masks.ndim != 3:
+            raise ValueError(f"masks must be label maps (B, H, W) or (B, 1, H, W), got shape {tuple(masks.shape)}.")
+        b = masks.shape[0]
+        device = next(denoiser.parameters()).device
+        shape = latent_shape_for(autoencoder, masks.shape[-2:], denoiser.in_channels)
+        if noise is None:
+            if seeds is None:
+                seeds = torch.randint(0, 2**31 - 1, (b,)).tolist()
+            if len(seeds) != b:
+                raise ValueError(f"{len(seeds)} seeds for {b} masks.")
+            noise = self.make_noise(seeds, shape, device)
+        elif tuple(noise.shape) != (b, *shape):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {(b, *shape)} for these masks.")
+        noise = noise.to(device)
+
+        context = denoiser.encode_mask(masks.to(device))
+        null_context = denoiser.null_context(b) if self.guidance_scale != 1.0 else None
+        latents = self.sample_latents(noise, context, denoiser, null_context)
+
+        scale = getattr(autoencoder, "scale_factor", 1.0)
+        chunks = latents.split(self.decode_batch_size or b)
+        tiles = torch.cat([autoencoder.decode_stage_2_outputs(z / scale).float() for z in chunks])
+        return tiles.clamp_(-1.0, 1.0)
