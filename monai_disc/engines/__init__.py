@@ -12,6 +12,7 @@ from .ldm import (
 )
 from .mixed import LOSS_REAL, LOSS_SYNTH, MixedSupervisedTrainer, loss_parts, mix_losses
 from .segmentation import SegmentationLoss, carcinonet_train_transforms
+from .time_limit import TimeLimitHandler
 
 __all__ = [
     "LOSS_REAL",
@@ -24,6 +25,7 @@ __all__ = [
     "LatentDiffusionPrepareBatch",
     "ResumableCheckpoint",
     "ScaleFactorHandler",
+    "TimeLimitHandler",
     "VQAutoencoderTrainer",
     "SampleGridHandler",
     "latest_checkpoint",
