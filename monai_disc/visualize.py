@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from .labels import colorize
 
-__all__ = ["overlay", "save_grid", "to_uint8"]
+__all__ = ["overlay", "save_grid", "save_picture", "to_uint8"]
 
 
 def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -102,15 +102,26 @@ def save_grid(
         for j, title in enumerate(titles):
             draw.text((pad + j * (cell_w + pad), 1), str(title), fill=(0, 0, 0))
 
+    return save_picture(canvas, path)
+
+
+def save_picture(picture: np.ndarray | Image.Image, path: str | Path) -> Path:
+    """Save one picture atomically (temp file then rename), so a killed job never leaves half a file.
+
+    Args:
+        picture: (H, W, 3) or (H, W) uint8 array, or a PIL image.
+        path: output file; the suffix picks the format (``.png``, ``.jpg``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown picture format {path.suffix!r}.")
+    image = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            canvas.save(f, format=fmt)
+            image.save(f, format=fmt)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

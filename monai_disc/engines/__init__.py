@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .autoencoder import ScaleFactorHandler, VQAutoencoderTrainer, loss_terms
 from .checkpoint import ResumableCheckpoint, latest_checkpoint
+from .generation import MaskBatch, MaskLDMInferer, SaveTilesHandler, mask_seed, pending_masks
 from .ldm import (
     LatentDiffusionPrepareBatch,
     SampleGridHandler,
@@ -15,6 +16,11 @@ from .segmentation import SegmentationLoss, carcinonet_train_transforms
 from .time_limit import TimeLimitHandler
 
 __all__ = [
+    "MaskBatch",
+    "MaskLDMInferer",
+    "SaveTilesHandler",
+    "mask_seed",
+    "pending_masks",
     "LOSS_REAL",
     "LOSS_SYNTH",
     "MixedSupervisedTrainer",

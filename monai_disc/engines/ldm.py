@@ -139,7 +139,10 @@ def mask_tile_grid(tiles: torch.Tensor, masks: torch.Tensor, alpha: float = 0.4)
 
 def preview_masks(dataset: Sequence[dict], num: int = 4, mask_key: str = "mask", scan: int = 64) -> torch.Tensor:
     """Label maps (num, H, W) for sample grids: among the first `scan` items, those with the most labels."""
-    masks = [torch.as_tensor(dataset[i][mask_key]).long().reshape(dataset[i][mask_key].shape[-2:]) for i in range(min(scan, len(dataset)))]
+    masks = [
+        torch.as_tensor(dataset[i][mask_key]).long().reshape(dataset[i][mask_key].shape[-2:])
+        for i in range(min(scan, len(dataset)))
+    ]
     if not masks:
         raise ValueError("cannot draw preview masks from an empty dataset")
     masks.sort(key=lambda m: -len(torch.unique(m)))
