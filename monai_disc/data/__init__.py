@@ -1,6 +1,6 @@
 """Where data comes from: SICAPv2, PANDA and plain-folder data lists (no torch import here).
 
-Submodules not re-exported here (toy data, WSI tiling, tile sets) are imported by their full name.
+The toy generator is re-exported too; it imports only numpy, scipy, PIL and tifffile.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .sicapv2 import (
     load_sicapv2_slides,
     summarize_sicapv2,
 )
+from .toy import make_toy_sicapv2, save_contact_sheet
 
 __all__ = [
     "format_summary",
@@ -22,6 +23,8 @@ __all__ = [
     "load_sicapv2",
     "load_sicapv2_slide_labels",
     "load_sicapv2_slides",
+    "make_toy_sicapv2",
     "panda_mask_to_labels",
+    "save_contact_sheet",
     "summarize_sicapv2",
 ]
