@@ -14,13 +14,13 @@ run() { python3 -m monai.bundle run --meta_file configs/metadata.json --logging_
 
 # CarcinoNet trains beside the generator for the whole budget.
 (cd bundles/carcinonet && run --config_file configs/train.yaml --output_dir /tmp/cn --model_dir "$out/cn" \
-  --batch_size 32 --num_workers 4 --val_interval 10 --max_epochs 100000 --time_limit_s $((budget - 10)) \
+  --batch_size 32 --num_workers 4 --val_interval 10 --max_epochs 80 --time_limit_s $((budget - 10)) \
   > "$out/carcinonet.log" 2>&1) &
 
 cd bundles/gleason_ldm
-ae_s=$((budget * 3 / 10))
+ae_s=$((budget / 4))
 run --config_file configs/train_autoencoder.yaml --output_dir /tmp/ae --model_dir "$out/ldm" \
-  --batch_size 32 --num_workers 4 --max_epochs 100000 --adv_start 1500 --time_limit_s $ae_s > "$out/autoencoder.log" 2>&1
+  --batch_size 32 --num_workers 4 --max_epochs 100000 --adv_start 1000 --time_limit_s $ae_s > "$out/autoencoder.log" 2>&1
 run --config_file configs/train.yaml --output_dir /tmp/ldm --model_dir "$out/ldm" \
   --autoencoder_path "$out/ldm/autoencoder.pt" --batch_size 64 --num_workers 4 --val_interval 20 \
   --sample_interval 100000 --max_epochs 100000 --time_limit_s $((budget - ae_s - 25)) > "$out/ldm.log" 2>&1
