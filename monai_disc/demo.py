@@ -1,0 +1,110 @@
+"""`monai-disc demo`: the main job on the embedded toy data, end to end with the shipped weights.
+
+Builds (or reuses) the toy SICAPv2 set, writes its contact sheet, prints its summary, draws SD tiles for
+held-out toy masks, grades real and generated tiles with the CarcinoNet ruler, and writes the pictures.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from monai_disc.data import format_summary, load_sicapv2, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
+from monai_disc.inferers import MaskLDMSampler
+from monai_disc.labels import LABEL_NAMES, colorize
+from monai_disc.metrics import MaskFidelity
+from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
+from monai_disc.transforms import sicapv2_tile_transforms
+from monai_disc.visualize import overlay, save_grid
+
+__all__ = ["run_demo", "load_weights"]
+
+
+def load_weights(network: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Load a shipped state dict (weights_only) into `network`, in eval mode; the error names a missing file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights {path} not found: train them with the bundle (see its docs/README.md)")
+    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return network.eval()
+
+
+def _held_out_tiles(root: Path, num: int, min_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiles (N, 3, H, W) and masks (N, H, W) of the test split, those with at least `min_labels` labels first."""
+    transform = sicapv2_tile_transforms()
+    items = [transform(d) for d in load_sicapv2(root, "Test", "Test")]
+    items.sort(key=lambda d: -len(torch.unique(d["mask"])))
+    items = [d for d in items if len(torch.unique(d["mask"])) >= min_labels][:num] or items[:num]
+    tiles = torch.stack([d["image"].as_subclass(torch.Tensor) for d in items])
+    masks = torch.stack([d["mask"].as_subclass(torch.Tensor)[0].long() for d in items])
+    return tiles, masks
+
+
+def _format_scores(title: str, scores: dict) -> str:
+    iou = "  ".join(f"{n} {v:.3f}" for n, v in zip(LABEL_NAMES, scores["iou"]))
+    return f"{title}: mIoU {scores['miou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f}, IoU {iou}"
+
+
+def run_demo(out: Path, bundles: Path, seed: int = 0, num_tiles: int = 8, steps: int = 50) -> dict:
+    """Run the demo into `out`; return the figures it printed.
+
+    Args:
+        out: output folder (the toy set is cached in ``out/toy``).
+        bundles: folder holding the bundles and their ``models/`` weights.
+        seed: noise seed of the first generated tile.
+        num_tiles: held-out masks to draw for.
+        steps: DDIM steps (the paper's 200 cost four times as long).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    root = make_toy_sicapv2(out / "toy", seed=seed)
+    sheet = save_contact_sheet(root, out / "toy_preview.png")
+    print(f"toy data: {root} ({time.perf_counter() - start:.1f} s); contact sheet: {sheet}")
+    print(format_summary(summarize_sicapv2(root)))
+
+    ldm = bundles / "gleason_ldm" / "models"
+    autoencoder = load_weights(vq_f4_toy(), ldm / "autoencoder.pt")
+    denoiser = load_weights(mask_ldm_toy(), ldm / "model.pt")
+    ruler = load_weights(carcinonet_toy(), bundles / "carcinonet" / "models" / "model.pt")
+
+    tiles, masks = _held_out_tiles(root, num_tiles, min_labels=2)
+    crop = slice(0, 64)  # the LDM was trained on 64 px crops; tiles keep their pattern size at any crop
+    masks64, tiles64 = masks[:, crop, crop], tiles[:, :, crop, crop]
+
+    start = time.perf_counter()
+    sampler = MaskLDMSampler(num_inference_steps=steps)
+    generated = sampler.sample(masks64, autoencoder, denoiser, seeds=range(seed, seed + len(masks64)))
+    per_tile = (time.perf_counter() - start) / len(masks64)
+
+    real, real64, synthetic = MaskFidelity(ruler), MaskFidelity(ruler), MaskFidelity(ruler)
+    real(tiles, masks)
+    real64(tiles64, masks64)
+    synthetic(generated, masks64)
+    figures = {
+        "real": real.aggregate(),
+        "real_64px": real64.aggregate(),
+        "sd_64px": synthetic.aggregate(),
+        "sd_seconds_per_tile": per_tile,
+        "steps": steps,
+    }
+    print(_format_scores("CarcinoNet on held-out real toy tiles", figures["real"]))
+    print(_format_scores("CarcinoNet on their 64 px crops", figures["real_64px"]))
+    print(_format_scores(f"CarcinoNet on SD tiles for the same 64 px masks ({steps} DDIM steps)", figures["sd_64px"]))
+    print(f"SD sampling: {per_tile:.2f} s per 64 px tile on {'GPU' if torch.cuda.is_available() else 'CPU'}")
+
+    predicted = real.segment(tiles)
+    rows = [
+        [colorize(m.numpy()), t64, g, overlay(g, m), overlay(g, s)]
+        for t64, m, g, s in zip(tiles64, masks64, generated, synthetic.segment(generated))
+    ]
+    save_grid(rows, out / "sd_grid.png", titles=["mask", "real", "SD", "SD + mask", "SD + ruler"])
+    save_grid(
+        [[t, overlay(t, m), overlay(t, p)] for t, m, p in zip(tiles, masks, predicted)],
+        out / "carcinonet_overlays.png",
+        titles=["tile", "truth", "CarcinoNet"],
+    )
+    (out / "demo_figures.json").write_text(json.dumps(figures, indent=1, default=float))
+    print(f"pictures: {out / 'sd_grid.png'}, {out / 'carcinonet_overlays.png'}; figures: {out / 'demo_figures.json'}")
+    return figures
