@@ -66,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        # MONAI re-raises transform errors as "applying transform ..."; the innermost cause names the file
+        while e.__cause__ is not None:
+            e = e.__cause__
         print(f"monai-disc {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
