@@ -28,14 +28,13 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.transforms import Compose
-from PIL import Image
 
 from monai_disc.data.folder import FOLDER_IMAGE_EXTENSIONS, load_folder
 from monai_disc.data.sicapv2 import load_sicapv2
 from monai_disc.labels import NUM_CLASSES
 from monai_disc.metrics.pixel import as_label_map
 from monai_disc.transforms.pipelines import folder_tile_transforms, sicapv2_tile_transforms
-from monai_disc.visualize import overlay, save_grid, to_uint8
+from monai_disc.visualize import overlay, save_grid, save_picture, to_uint8
 
 __all__ = [
     "DATA_FORMATS",
@@ -146,19 +145,6 @@ def pending_tiles(folder: str | os.PathLike, output_dir: str | os.PathLike) -> l
     """
     done = Path(output_dir) / LABELS_SUBDIR
     return [{"image": str(t)} for t in list_tiles(folder) if not (done / f"{t.stem}.png").is_file()]
-
-
-def _atomic_save_png(array: np.ndarray, path: Path) -> None:
-    """Write a uint8 picture as PNG through a temp file and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(value: Any) -> Any:
@@ -385,9 +371,9 @@ class LabelMapWriter:
             labels = as_label_map(torch.as_tensor(item[self.pred_key])[None], self.num_classes, "pred")[0]
             labels_u8 = labels.cpu().numpy().astype(np.uint8)
             if self.overlays:
-                _atomic_save_png(
+                save_picture(
                     overlay(item[self.image_key], labels_u8, self.alpha),
                     self.output_dir / OVERLAYS_SUBDIR / f"{name}.png",
                 )
-            _atomic_save_png(labels_u8, self.output_dir / LABELS_SUBDIR / f"{name}.png")
+            save_picture(labels_u8, self.output_dir / LABELS_SUBDIR / f"{name}.png")
             self.written += 1
