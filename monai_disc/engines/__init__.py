@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from .autoencoder import ScaleFactorHandler, VQAutoencoderTrainer, loss_terms
 from .checkpoint import ResumableCheckpoint, latest_checkpoint
+from .disc import DISCPrepareBatch, random_masks
+from .distill import DistillationSet, distill_seed, write_distillation_set
 from .generation import MaskBatch, MaskLDMInferer, SaveTilesHandler, mask_seed, pending_masks
 from .ldm import (
     LatentDiffusionPrepareBatch,
@@ -16,6 +18,11 @@ from .segmentation import SegmentationLoss, carcinonet_train_transforms
 from .time_limit import TimeLimitHandler
 
 __all__ = [
+    "DISCPrepareBatch",
+    "DistillationSet",
+    "distill_seed",
+    "random_masks",
+    "write_distillation_set",
     "MaskBatch",
     "MaskLDMInferer",
     "SaveTilesHandler",
