@@ -35,7 +35,7 @@ def _summary(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from monai_disc.demo import run_demo
 
-    run_demo(Path(args.out), bundles=Path(args.bundles), seed=args.seed)
+    run_demo(Path(args.out), bundles=Path(args.bundles), seed=args.seed, steps=args.steps, n_slides=args.slides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps per tile")
+    p.add_argument("--slides", type=int, default=40, help="slides of the toy set")
     p.set_defaults(func=_demo)
     return parser
 

@@ -47,7 +47,15 @@ def _format_scores(title: str, scores: dict) -> str:
     return f"{title}: mIoU {scores['miou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f}, IoU {iou}"
 
 
-def run_demo(out: Path, bundles: Path, seed: int = 0, num_tiles: int = 8, steps: int = 50) -> dict:
+def run_demo(
+    out: Path,
+    bundles: Path,
+    seed: int = 0,
+    num_tiles: int = 8,
+    steps: int = 50,
+    n_slides: int = 40,
+    tile_size: int = 128,
+) -> dict:
     """Run the demo into `out`; return the figures it printed.
 
     Args:
@@ -56,10 +64,12 @@ def run_demo(out: Path, bundles: Path, seed: int = 0, num_tiles: int = 8, steps:
         seed: noise seed of the first generated tile.
         num_tiles: held-out masks to draw for.
         steps: DDIM steps (the paper's 200 cost four times as long).
+        n_slides: slides of the toy set.
+        tile_size: toy tile size in pixels.
     """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    root = make_toy_sicapv2(out / "toy", seed=seed)
+    root = make_toy_sicapv2(out / "toy", n_slides=n_slides, tile_size=tile_size, seed=seed)
     sheet = save_contact_sheet(root, out / "toy_preview.png")
     print(f"toy data: {root} ({time.perf_counter() - start:.1f} s); contact sheet: {sheet}")
     print(format_summary(summarize_sicapv2(root)))
