@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-# Two cores are shared by the whole suite: keep intra-op threads modest and runs reproducible.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores are shared with the bundle subprocesses: one intra-op thread avoids oversubscription.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,410 @@
+"""Slide plans -> synthetic slide bags on disk, with any mask-to-tile generator.
+
+Every generator (SD, SD-SC, SD-DISC, SD-DISC-CoTrain) draws the same slides from the same plans
+(:mod:`monai_disc.sampling`): tile `t` of a slide is drawn from the plan's mask and the plan's noise seed,
+so the comparison between generators is fair and a slide can be regenerated on its own.
+
+Layout written under `out_dir` (each slide folder is a plain tile folder, :func:`monai_disc.data.load_folder`
+reads it as it is)::
+
+    out_dir/
+      manifest.csv                   one row per slide: slide_id, primary, secondary, NC, GG3, GG4, GG5
+                                     (multi-hot 0/1), n_tiles, generator, seed, index
+      <slide_id>/
+        images/0000.png ...          RGB tiles, in plan order
+        masks/0000.png ...           8-bit label maps 0..3 (0 NC, 1 GG3, 2 GG4, 3 GG5): the plan's masks
+        labels.csv                   image, slide_id, label (grades in the tile, e.g. "NC;GG4"), source_id, seed
+        slide.json                   the slide's plan and the generator's name
+      .<slide_id>.partial/           a slide being written (removed and redone after a kill)
+
+A slide is written into its `.partial` folder and renamed when complete, so a finished slide is never half
+there: a job killed at any point resumes by skipping finished slides and redoing only the unfinished one. The
+tiles of a slide are drawn in batches that depend only on the slide and `batch_size`, so a resumed or sharded
+run writes the same bytes as an uninterrupted one.
+
+Under torchrun, rank `r` of `W` takes slides r, r + W, ... No collective is used: whichever call finishes
+the last slide (every slide's folder present) writes `manifest.csv` from the plans, so unequal shards cannot
+time out a barrier and no process group is needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from monai_disc.labels import LABEL_NAMES
+from monai_disc.sampling import ShapeBank, SlidePlan, manifest_rows
+from monai_disc.visualize import save_picture, to_uint8
+
+__all__ = [
+    "IMAGES_DIR",
+    "MANIFEST_COLUMNS",
+    "MANIFEST_NAME",
+    "MASKS_DIR",
+    "SLIDE_INFO_NAME",
+    "LDMGenerator",
+    "TileGenerator",
+    "generate_slides",
+    "generator_name",
+    "resolve_rank",
+    "shard_plans",
+    "tile_name",
+]
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "slide_id",
+    "primary",
+    "secondary",
+    *LABEL_NAMES,
+    "n_tiles",
+    "generator",
+    "seed",
+    "index",
+)
+IMAGES_DIR = "images"
+MASKS_DIR = "masks"
+SLIDE_INFO_NAME = "slide.json"
+TILE_LABELS_NAME = "labels.csv"
+_PARTIAL_SUFFIX = ".partial"
+_INFO_FORMAT = 1
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class TileGenerator(Protocol):
+    """What :func:`generate_slides` draws tiles with: masks and noise seeds in, tiles in [-1, 1] out.
+
+    Implementations must make tile `i` a function of (`masks[i]`, `seeds[i]`) only. An optional `name`
+    attribute is recorded in the manifest (see :func:`generator_name`).
+    """
+
+    def sample(self, masks: Tensor, seeds: Sequence[int]) -> Tensor:
+        """Tiles (B, 3, H, W) float in [-1, 1] for integer label maps `masks` (B, H, W), one seed per mask."""
+        ...
+
+
+class LDMGenerator:
+    """A latent-diffusion sampler with its networks, as a :class:`TileGenerator`.
+
+    Fits any sampler called as ``sampler.sample(masks, autoencoder, denoiser, seeds=seeds)``: MONAI-style
+    samplers hold the schedule and take the networks as arguments (SD: :class:`monai_disc.inferers.MaskLDMSampler`;
+    SD-SC: the separated-condition inferer). SD-DISC and SD-DISC-CoTrain are the SD sampler with fine-tuned
+    denoiser weights. The networks are put in eval mode.
+
+    Args:
+        sampler: the sampling algorithm.
+        autoencoder: the first stage that decodes latents.
+        denoiser: the mask-conditioned noise predictor.
+        name: the generator's name in the manifest, e.g. "SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain".
+    """
+
+    def __init__(self, sampler: Any, autoencoder: nn.Module, denoiser: nn.Module, name: str = "SD") -> None:
+        if not callable(getattr(sampler, "sample", None)):
+            raise TypeError(
+                f"sampler must have a sample(masks, autoencoder, denoiser, seeds=...) method, got {sampler!r}"
+            )
+        self.sampler = sampler
+        self.autoencoder = autoencoder.eval()
+        self.denoiser = denoiser.eval()
+        self.name = str(name)
+
+    @torch.no_grad()
+    def sample(self, masks: Tensor, seeds: Sequence[int]) -> Tensor:
+        """Tiles (B, 3, H, W) in [-1, 1] on the CPU, for label maps (B, H, W) and one seed per mask."""
+        tiles = self.sampler.sample(masks, self.autoencoder, self.denoiser, seeds=list(seeds))
+        return tiles.detach().float().cpu()
+
+
+def generator_name(generator: Any) -> str:
+    """The generator's `name` attribute, else its class name: what the manifest's `generator` column says."""
+    name = getattr(generator, "name", None)
+    return str(name) if name else type(generator).__name__
+
+
+def tile_name(index: int) -> str:
+    """File name of tile `index` of a slide (zero-padded, so name order is plan order)."""
+    return f"{int(index):04d}.png"
+
+
+def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world size) of this process: the arguments, else torch.distributed, else torchrun's RANK and
+    WORLD_SIZE variables, else (0, 1).
+
+    Raises:
+        ValueError: a world size below 1 or a rank outside [0, world size).
+    """
+    dist = torch.distributed
+    initialised = dist.is_available() and dist.is_initialized()
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else int(os.environ.get("WORLD_SIZE", 1))
+    if rank is None:
+        rank = dist.get_rank() if initialised else int(os.environ.get("RANK", 0))
+    rank, world_size = int(rank), int(world_size)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+    return rank, world_size
+
+
+def shard_plans(plans: Sequence[SlidePlan], rank: int, world_size: int) -> list[SlidePlan]:
+    """The slides rank `rank` of `world_size` generates: r, r + W, r + 2W, ... in plan order."""
+    return list(plans[rank::world_size])
+
+
+# ----------------------------------------------------------------------------------------------
+# checks
+# ----------------------------------------------------------------------------------------------
+def _check_plans(plans: Sequence[SlidePlan], bank: ShapeBank) -> None:
+    """Fail before any work: bad slide ids, duplicates, empty slides, tiles not from `bank`."""
+    seen: set[str] = set()
+    for plan in plans:
+        sid = plan.slide_id
+        if not sid or sid != sid.strip() or sid.startswith(".") or any(c in sid for c in '/\\:*?"<>|'):
+            raise ValueError(f"slide id {sid!r} is not a plain folder name (no separators, no leading dot)")
+        if sid == MANIFEST_NAME:
+            raise ValueError(f"slide id {sid!r} clashes with the manifest file")
+        if sid in seen:
+            raise ValueError(f"slide id {sid!r} is planned twice")
+        seen.add(sid)
+        if plan.n_tiles == 0:
+            raise ValueError(f"slide {sid} is planned with no tile")
+        for t, tile in enumerate(plan.tiles):
+            if not 0 <= tile.shape_index < len(bank) or bank.source_ids[tile.shape_index] != tile.source_id:
+                raise ValueError(
+                    f"slide {sid}, tile {t}: shape {tile.shape_index} ({tile.source_id}) is not in this shape bank; "
+                    "the plans were made with another bank"
+                )
+
+
+def _slide_info(plan: SlidePlan, generator: str) -> dict[str, Any]:
+    return {"format": _INFO_FORMAT, "generator": generator, "plan": plan.to_dict()}
+
+
+def _is_finished(slide_dir: Path, plan: SlidePlan, generator: str) -> bool:
+    """True when `slide_dir` holds this plan's slide from this generator; False when it does not exist.
+
+    Raises:
+        ValueError: the folder exists but holds something else (another plan, another generator, or not a
+            generated slide), so the run would mix slides; the message names the folder.
+    """
+    if not slide_dir.exists():
+        return False
+    info_path = slide_dir / SLIDE_INFO_NAME
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{slide_dir} exists but is not a generated slide ({info_path}: {type(err).__name__}); "
+            "remove it or choose another output folder"
+        ) from None
+    if info.get("generator") != generator:
+        raise ValueError(
+            f"{slide_dir} was generated by {info.get('generator')!r}, not {generator!r}; "
+            "write each generator's slides to their own output folder"
+        )
+    if info.get("plan") != json.loads(json.dumps(plan.to_dict())):
+        raise ValueError(f"{slide_dir} holds another plan of slide {plan.slide_id}; use a new output folder")
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------
+def _atomic_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(header), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def _manifest_text(plans: Sequence[SlidePlan], generator: str) -> str:
+    rows = [{**row, "generator": generator} for row in manifest_rows(plans)]
+    return _csv_text(MANIFEST_COLUMNS, rows)
+
+
+def _tile_label_rows(plan: SlidePlan, masks: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    rows = []
+    for t, (tile, mask) in enumerate(zip(plan.tiles, masks)):
+        present = np.unique(mask)
+        rows.append(
+            {
+                "image": tile_name(t),
+                "slide_id": plan.slide_id,
+                "label": ";".join(LABEL_NAMES[int(v)] for v in present),
+                "source_id": tile.source_id,
+                "seed": tile.seed,
+            }
+        )
+    return rows
+
+
+def _batches(n: int, batch_size: int) -> Iterator[range]:
+    for start in range(0, n, batch_size):
+        yield range(start, min(n, start + batch_size))
+
+
+def _write_slide(
+    plan: SlidePlan,
+    out_dir: Path,
+    generator: Any,
+    name: str,
+    bank: ShapeBank,
+    tile_size: int | Sequence[int] | None,
+    batch_size: int,
+    bar: tqdm,
+) -> Path:
+    """Generate one slide into its partial folder, then rename it into place."""
+    final = out_dir / plan.slide_id
+    partial = out_dir / f".{plan.slide_id}{_PARTIAL_SUFFIX}"
+    if partial.exists():  # left by a killed run: its tiles are redone, not trusted
+        shutil.rmtree(partial)
+    (partial / IMAGES_DIR).mkdir(parents=True)
+    (partial / MASKS_DIR).mkdir()
+    masks = [m.astype(np.uint8) for m in plan.masks(bank, tile_size)]
+    for batch in _batches(plan.n_tiles, batch_size):
+        labels = torch.from_numpy(np.stack([masks[i] for i in batch]).astype(np.int64))
+        seeds = [plan.tiles[i].seed for i in batch]
+        tiles = generator.sample(labels, seeds)
+        if not isinstance(tiles, Tensor) or tiles.ndim != 4 or tiles.shape[0] != len(batch):
+            raise ValueError(
+                f"generator {name} returned {getattr(tiles, 'shape', type(tiles))} for {len(batch)} masks of slide "
+                f"{plan.slide_id}; expected tiles (B, 3, H, W)"
+            )
+        if tuple(tiles.shape[-2:]) != masks[batch[0]].shape:
+            raise ValueError(
+                f"generator {name} returned {tuple(tiles.shape[-2:])} px tiles for {masks[batch[0]].shape} px masks"
+            )
+        for j, i in enumerate(batch):
+            save_picture(to_uint8(tiles[j]), partial / IMAGES_DIR / tile_name(i))
+            save_picture(masks[i], partial / MASKS_DIR / tile_name(i))
+        bar.update(len(batch))
+    header = ("image", "slide_id", "label", "source_id", "seed")
+    _atomic_text(partial / TILE_LABELS_NAME, _csv_text(header, _tile_label_rows(plan, masks)))
+    _atomic_text(partial / SLIDE_INFO_NAME, json.dumps(_slide_info(plan, name)))
+    os.replace(partial, final)
+    return final
+
+
+def _existing_manifest_ids(path: Path) -> list[str] | None:
+    try:
+        with path.open(newline="") as f:
+            return [row["slide_id"] for row in csv.DictReader(f)]
+    except (OSError, KeyError, csv.Error):
+        return None
+
+
+def generate_slides(
+    plans: Sequence[SlidePlan],
+    out_dir: str | os.PathLike,
+    generator: TileGenerator,
+    bank: ShapeBank,
+    batch_size: int = 16,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+    tile_size: int | Sequence[int] | None = None,
+) -> Path | None:
+    """Draw every planned slide with `generator` and write the slide bags and `manifest.csv` (layout in the
+    module docstring).
+
+    Finished slides in `out_dir` are skipped (after checking they hold the same plan and generator); a slide
+    left unfinished by a killed run is redone. Tile `t` of a slide is drawn from the plan's mask and its noise
+    seed `plan.tiles[t].seed`, in batches of at most `batch_size` tiles of that slide.
+
+    Args:
+        plans: the slides, e.g. :func:`monai_disc.sampling.plan_synthetic_slides` or
+            :func:`monai_disc.sampling.load_plans`; every generator should get the same plans.
+        out_dir: output folder (created).
+        generator: a :class:`TileGenerator`, e.g. :class:`LDMGenerator`.
+        bank: the shape bank the plans were made with.
+        batch_size: tiles per generator call.
+        rank, world_size: this process's shard (slides rank, rank + world_size, ...); None reads them from
+            torch.distributed or torchrun's environment (:func:`resolve_rank`).
+        progress: show a tqdm bar over this rank's tiles (with tiles per second).
+        tile_size: size of the masks given to the generator (nearest resize of the bank shapes, e.g. 512 for
+            a bank stored at 128 px); None keeps the bank's size.
+
+    Returns:
+        The path of `manifest.csv` when this call found every planned slide finished and wrote it; None when
+        slides of other ranks were still missing (the call that finishes the last slide writes it).
+
+    Raises:
+        ValueError: bad batch size or rank; slide ids that are not folder names or repeat; plans not made with
+            `bank`; a folder in `out_dir` holding another plan or generator; a generator returning tiles of the
+            wrong shape.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not callable(getattr(generator, "sample", None)):
+        raise TypeError(f"generator must have a sample(masks, seeds) method, got {generator!r}")
+    rank, world_size = resolve_rank(rank, world_size)
+    plans = list(plans)
+    _check_plans(plans, bank)
+    name = generator_name(generator)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / MANIFEST_NAME
+
+    # a manifest of another slide set (an earlier, different plan) must not outlive this run's start
+    if manifest.exists() and _existing_manifest_ids(manifest) != [p.slide_id for p in plans]:
+        manifest.unlink(missing_ok=True)
+
+    mine = shard_plans(plans, rank, world_size)
+    pending = [p for p in mine if not _is_finished(out / p.slide_id, p, name)]
+    total = sum(p.n_tiles for p in pending)
+    logger.info(
+        "rank %d/%d: %d of %d slides to generate (%d tiles) with %s into %s",
+        rank,
+        world_size,
+        len(pending),
+        len(mine),
+        total,
+        name,
+        out,
+    )
+    desc = "slides" if world_size == 1 else f"slides (rank {rank}/{world_size})"
+    start = time.perf_counter()
+    with tqdm(
+        total=total, desc=desc, unit="tile", disable=not progress, position=rank if world_size > 1 else None
+    ) as bar:
+        for plan in pending:
+            bar.set_postfix_str(plan.slide_id, refresh=False)
+            _write_slide(plan, out, generator, name, bank, tile_size, int(batch_size), bar)
+    if total:
+        elapsed = time.perf_counter() - start
+        logger.info("rank %d: %d tiles in %.1f s (%.3f s per tile)", rank, total, elapsed, elapsed / total)
+
+    missing = [p.slide_id for p in plans if not _is_finished(out / p.slide_id, p, name)]
+    if missing:
+        logger.info("manifest not written yet: %d slides of other ranks missing (e.g. %s)", len(missing), missing[0])
+        return None
+    return _atomic_text(manifest, _manifest_text(plans, name))
