@@ -32,6 +32,31 @@ def _summary(args: argparse.Namespace) -> None:
     print(format_summary(summarize_sicapv2(args.root)))
 
 
+def _generate_slides(args: argparse.Namespace) -> None:
+    from monai_disc.data import load_sicapv2
+    from monai_disc.generate_slides import generate_slides
+    from monai_disc.generators import load_generator
+    from monai_disc.sampling import ShapeBank, load_plans, plan_synthetic_slides, save_plans
+
+    out = Path(args.out)
+    bank_path, plans_path = out / "shape_bank.npz", out / "plans.json"
+    # one bank and one plan for every generator: the paper's fair comparison
+    if bank_path.is_file():
+        bank = ShapeBank.load(bank_path)
+    else:
+        bank = ShapeBank.from_data_list(load_sicapv2(args.data, "Test", "Train"), size=args.tile_size)
+        bank.save(bank_path)
+    if plans_path.is_file():
+        plans = load_plans(plans_path)
+    else:
+        plans = plan_synthetic_slides(args.data, bank, target=args.target, seed=args.seed, n_tiles=args.tiles)
+        save_plans(plans, plans_path, bank)
+    print(f"{len(plans)} synthetic slides planned to bring every primary grade to {args.target} slides")
+    generator = load_generator(args.generator, args.bundles, steps=args.steps)
+    manifest = generate_slides(plans, out / args.generator, generator, bank, batch_size=args.batch_size)
+    print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish writes the manifest")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from monai_disc.demo import run_demo
 
@@ -53,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="print tiles per grade and slides per primary grade of a SICAPv2 root")
     p.add_argument("root")
     p.set_defaults(func=_summary)
+
+    p = sub.add_parser("generate-slides", help="plan synthetic slides that balance the primary grades and draw them")
+    p.add_argument("--data", required=True, help="SICAPv2 root whose training masks and slides are balanced")
+    p.add_argument("--out", required=True, help="output folder: bank, plans, and one slide folder per generator")
+    p.add_argument("--generator", default="sd", choices=["sd", "sc", "disc", "cotrain"])
+    p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
+    p.add_argument("--target", type=int, default=100, help="slides per primary grade, real plus synthetic")
+    p.add_argument("--tiles", type=int, nargs=2, default=(20, 100), metavar=("MIN", "MAX"), help="tiles per slide")
+    p.add_argument("--tile-size", type=int, default=64, help="tile size the generator draws")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps per tile")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_generate_slides)
 
     p = sub.add_parser("demo", help="the main job on the embedded toy data")
     p.add_argument("--out", default="demo_out", help="output folder")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from monai_disc.data import format_summary, load_sicapv2, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
+from monai_disc.generators import load_weights
 from monai_disc.inferers import MaskLDMSampler
 from monai_disc.labels import LABEL_NAMES, colorize
 from monai_disc.metrics import MaskFidelity
@@ -20,15 +21,7 @@ from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
 from monai_disc.transforms import sicapv2_tile_transforms
 from monai_disc.visualize import overlay, save_grid
 
-__all__ = ["run_demo", "load_weights"]
-
-
-def load_weights(network: torch.nn.Module, path: Path) -> torch.nn.Module:
-    """Load a shipped state dict (weights_only) into `network`, in eval mode; the error names a missing file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"weights {path} not found: train them with the bundle (see its docs/README.md)")
-    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return network.eval()
+__all__ = ["run_demo"]
 
 
 def _held_out_tiles(root: Path, num: int, min_labels: int) -> tuple[torch.Tensor, torch.Tensor]:

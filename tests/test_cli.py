@@ -31,3 +31,30 @@ def test_missing_root_is_an_error_naming_the_path(tmp_path):
     proc = _cli("summary", str(missing))
     assert proc.returncode == 2
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_generate_slides_balances_every_primary_grade_and_resumes(tmp_path, toy_root):
+    import pandas as pd
+
+    from monai_disc.data import load_sicapv2_slides
+
+    out = tmp_path / "synthetic"
+    args = ["generate-slides", "--data", str(toy_root), "--out", str(out), "--target", "4", "--tiles", "2", "3"]
+    args += ["--steps", "2", "--tile-size", "32"]
+    proc = _cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    manifest = pd.read_csv(out / "sd" / "manifest.csv")
+    real = pd.Series([s["primary"] for s in load_sicapv2_slides(toy_root)]).map({0: 0, 3: 1, 4: 2, 5: 3})
+    real_counts = real.value_counts()
+    counts = real_counts.add(manifest["primary"].value_counts(), fill_value=0)
+    for grade in range(4):  # grades under the target are filled up to it exactly, the others left alone
+        assert counts.get(grade, 0) == max(4, real_counts.get(grade, 0))
+    assert set(manifest["generator"]) == {"SD"} and manifest["n_tiles"].between(2, 3).all()
+
+    # a second generator reuses the same plan; rerunning the first redraws nothing
+    stamp = max(p.stat().st_mtime_ns for p in (out / "sd").rglob("*.png"))
+    assert _cli(*args).returncode == 0
+    assert max(p.stat().st_mtime_ns for p in (out / "sd").rglob("*.png")) == stamp
+    assert _cli(*args[:-4], "--steps", "2", "--tile-size", "32", "--generator", "sc").returncode == 0
+    sc = pd.read_csv(out / "sc" / "manifest.csv")
+    assert list(sc["slide_id"]) == list(manifest["slide_id"]) and list(sc["seed"]) == list(manifest["seed"])
