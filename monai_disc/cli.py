@@ -57,6 +57,16 @@ def _generate_slides(args: argparse.Namespace) -> None:
     print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish writes the manifest")
 
 
+def _compare_generators(args: argparse.Namespace) -> None:
+    from monai_disc.compare import format_comparison, run_comparison
+
+    result = run_comparison(
+        args.data, args.out, bundles=args.bundles, num_masks=args.masks, steps=args.steps, seed=args.seed,
+        size=args.tile_size, resume=args.resume,
+    )  # fmt: skip
+    print(format_comparison(result))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from monai_disc.demo import run_demo
 
@@ -91,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_generate_slides)
+
+    p = sub.add_parser("compare-generators", help="SD, SD-SC, SD-DISC, SD-DISC-CoTrain on the same masks and seeds")
+    p.add_argument("--data", required=True, help="SICAPv2 root whose held-out masks condition the generators")
+    p.add_argument("--out", required=True, help="output folder: compare.md, compare.json, compare_grid.png")
+    p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
+    p.add_argument("--masks", type=int, default=16, help="held-out masks with two or more labels")
+    p.add_argument("--tile-size", type=int, default=64, help="tile size the generators draw")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps per tile")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="reuse stored results of unchanged generators")
+    p.set_defaults(func=_compare_generators)
 
     p = sub.add_parser("demo", help="the main job on the embedded toy data")
     p.add_argument("--out", default="demo_out", help="output folder")

@@ -122,6 +122,7 @@ def save_picture(picture: np.ndarray | Image.Image, path: str | Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format=fmt)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; pictures are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
