@@ -12,27 +12,16 @@ from pathlib import Path
 
 import torch
 
-from monai_disc.data import format_summary, load_sicapv2, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
+from monai_disc.compare import held_out_masks
+from monai_disc.data import format_summary, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
 from monai_disc.generators import load_weights
 from monai_disc.inferers import MaskLDMSampler
 from monai_disc.labels import LABEL_NAMES, colorize
 from monai_disc.metrics import MaskFidelity
 from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
-from monai_disc.transforms import sicapv2_tile_transforms
 from monai_disc.visualize import overlay, save_grid
 
 __all__ = ["run_demo"]
-
-
-def _held_out_tiles(root: Path, num: int, min_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tiles (N, 3, H, W) and masks (N, H, W) of the test split, those with at least `min_labels` labels first."""
-    transform = sicapv2_tile_transforms()
-    items = [transform(d) for d in load_sicapv2(root, "Test", "Test")]
-    items.sort(key=lambda d: -len(torch.unique(d["mask"])))
-    items = [d for d in items if len(torch.unique(d["mask"])) >= min_labels][:num] or items[:num]
-    tiles = torch.stack([d["image"].as_subclass(torch.Tensor) for d in items])
-    masks = torch.stack([d["mask"].as_subclass(torch.Tensor)[0].long() for d in items])
-    return tiles, masks
 
 
 def _format_scores(title: str, scores: dict) -> str:
@@ -72,9 +61,9 @@ def run_demo(
     denoiser = load_weights(mask_ldm_toy(), ldm / "model.pt")
     ruler = load_weights(carcinonet_toy(), bundles / "carcinonet" / "models" / "model.pt")
 
-    tiles, masks = _held_out_tiles(root, num_tiles, min_labels=2)
-    crop = slice(0, 64)  # the LDM was trained on 64 px crops; tiles keep their pattern size at any crop
-    masks64, tiles64 = masks[:, crop, crop], tiles[:, :, crop, crop]
+    masks, tiles = held_out_masks(root, num_tiles)
+    # the LDM was trained on 64 px crops; a crop keeps two or more labels of its mask
+    masks64, tiles64 = held_out_masks(root, num_tiles, size=64)
 
     start = time.perf_counter()
     sampler = MaskLDMSampler(num_inference_steps=steps)
