@@ -48,6 +48,7 @@ def random_masks(
     labels: Sequence[int] = tuple(range(NUM_CLASSES)),
     weights: Sequence[float] | None = None,
     concentration: float | Sequence[float] = 1.0,
+    crop: bool = False,
 ) -> np.ndarray:
     """``n`` generation masks: bank shapes whose frequency ranks get grades by random weights, no two alike.
 
@@ -59,6 +60,8 @@ def random_masks(
         rng: numpy Generator or RandomState.
         size: (H, W) or side of the masks (nearest resize); None keeps the bank's size.
         labels, weights, concentration: see :func:`monai_disc.transforms.assign_grades`.
+        crop: take a random `size` window of each shape instead of resizing it, keeping the drawings' scale
+            (for a generator trained on crops of the tiles, as the toy LDM is).
 
     Returns:
         int64 label maps (n, H, W).
@@ -72,11 +75,24 @@ def random_masks(
         index = bank.sample_index(rng, max_ranks=max_ranks)
         grades = assign_grades(int(bank.num_ranks[index]), rng, labels, weights, concentration)
         mask = grades[bank.shapes[index]]
-        out.append(mask if size is None else resize_nearest(mask, size))
+        if size is not None and crop:
+            out.append(_random_window(mask, size, rng))
+        else:
+            out.append(mask if size is None else resize_nearest(mask, size))
     if not out:
         h, w = bank.spatial_size if size is None else resize_nearest(bank.shapes[0], size).shape
         return np.zeros((0, h, w), dtype=np.int64)
     return np.stack(out).astype(np.int64, copy=False)
+
+
+def _random_window(mask: np.ndarray, size: int | Sequence[int], rng: RandomState) -> np.ndarray:
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    if h > mask.shape[0] or w > mask.shape[1]:
+        raise ValueError(f"cannot crop {h}x{w} masks from {mask.shape[0]}x{mask.shape[1]} bank shapes")
+    integers = getattr(rng, "integers", None) or rng.randint  # numpy Generator or RandomState
+    top = int(integers(0, mask.shape[0] - h + 1))
+    left = int(integers(0, mask.shape[1] - w + 1))
+    return mask[top : top + h, left : left + w]
 
 
 class DISCPrepareBatch:
@@ -94,6 +110,7 @@ class DISCPrepareBatch:
         labels: grades a mask may use.
         weights: fixed grade weights; None draws random weights per mask (Dirichlet(``concentration``)).
         concentration: Dirichlet concentration of the random weights.
+        crop: take random tile-size windows of the bank shapes instead of resizing them (see :func:`random_masks`).
         seed: when given, masks, noise and timesteps come from generators reset at every epoch start of the engine
             this is attached to (:meth:`attach`), so a validation loss is comparable between epochs; None draws
             the mask generator's seed from torch's global generator (reproducible under ``set_determinism``) and
@@ -112,9 +129,11 @@ class DISCPrepareBatch:
         labels: Sequence[int] = tuple(range(NUM_CLASSES)),
         weights: Sequence[float] | None = None,
         concentration: float | Sequence[float] = 1.0,
+        crop: bool = False,
         seed: int | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.crop = crop
         self.bank = bank if isinstance(bank, ShapeBank) else ShapeBank.load(bank)
         if image_size is None:
             self.image_size: tuple[int, int] = self.bank.spatial_size
@@ -152,7 +171,9 @@ class DISCPrepareBatch:
         if self.rng is None:
             self.reset()
         assert self.rng is not None
-        drawn = random_masks(self.bank, n, self.rng, self.image_size, self.labels, self.weights, self.concentration)
+        drawn = random_masks(
+            self.bank, n, self.rng, self.image_size, self.labels, self.weights, self.concentration, crop=self.crop
+        )
         return torch.from_numpy(drawn)
 
     def __call__(

@@ -182,3 +182,21 @@ def test_cotrain_loss_is_the_mean_of_the_real_and_the_disc_losses(distill_dir):
         assert all(math.isfinite(x) and x > 0 for x in (l_real, l_disc))
         assert total == pytest.approx((l_real + l_disc) / 2, rel=1e-6)
         assert l_real != pytest.approx(l_disc)  # two different batches, two different losses
+
+
+def test_random_masks_crop_keeps_the_drawing_scale():
+    import numpy as np
+
+    from monai_disc.engines.disc import random_masks
+    from monai_disc.sampling import ShapeBank
+
+    stripes = np.zeros((8, 8), np.uint8)
+    stripes[:, 4:] = 1  # two ranks, 4 px wide each
+    bank = ShapeBank(stripes[None], ["tile"])
+    rng = np.random.default_rng(0)
+    cropped = random_masks(bank, 20, rng, size=4, crop=True)
+    resized = random_masks(bank, 20, rng, size=4)
+    # a crop keeps 4 px wide stripes (so a 4 px window holds one or two labels, never split 2+2 always);
+    # a resize halves them (always exactly 2 px of each label per row)
+    assert {len(np.unique(m[0])) for m in cropped} == {1, 2}
+    assert all((m[0] == m[0, 0]).sum() == 2 for m in resized)
