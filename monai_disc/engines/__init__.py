@@ -13,11 +13,14 @@ from .ldm import (
     mask_tile_grid,
     preview_masks,
 )
+from .mil import evaluate_transmil, train_transmil
 from .mixed import LOSS_REAL, LOSS_SYNTH, MixedSupervisedTrainer, loss_parts, mix_losses
 from .segmentation import SegmentationLoss, carcinonet_train_transforms
 from .time_limit import TimeLimitHandler
 
 __all__ = [
+    "evaluate_transmil",
+    "train_transmil",
     "DISCPrepareBatch",
     "DistillationSet",
     "distill_seed",

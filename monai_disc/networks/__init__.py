@@ -15,10 +15,15 @@ from .autoencoder import (
 )
 from .carcinonet import CarcinoNet, carcinonet_toy, load_encoder_weights
 from .denoiser import MaskConditionedUNet, mask_ldm_toy, mask_ldm_vq_f4
+from .features import FeatureBagDataset, FeatureExtractor, build_extractor, extract_bag_features
 from .mask_encoder import MaskEncoder
 from .transmil import PPEG, TransLayer, TransMIL, pad_to_square, transmil, transmil_toy
 
 __all__ = [
+    "FeatureBagDataset",
+    "FeatureExtractor",
+    "build_extractor",
+    "extract_bag_features",
     "MaskConditionedUNet",
     "MaskEncoder",
     "mask_ldm_toy",

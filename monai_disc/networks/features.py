@@ -1,0 +1,619 @@
+"""Tile feature extractors for slide-level grading, and bags of tiles cached as bags of features.
+
+TransMIL never sees pixels: each tile of a slide is embedded once by a frozen extractor and the slide becomes
+an (N, D) feature bag. An extractor carries the normalisation its weights were trained with (like timm's
+``pretrained_cfg``), so callers always pass package tiles (float RGB in [-1, 1]) and never normalise twice.
+
+Named extractors (weights only from local files; nothing is ever downloaded):
+
+============================  =============================  ======  ==============================
+name                          network                        D       normalisation, input size
+============================  =============================  ======  ==============================
+``vit_small_dino``            timm ``vit_small_patch16_224`` 384     Lunit, resized to 224
+``resnet50_mocov2``           ResNet-50, fc removed          2048    Lunit, tile size kept
+``resnet50_imagenet``         ResNet-50, fc removed          2048    ImageNet, tile size kept
+``carcinonet_toy`` (default)  toy CarcinoNet encoder         256     ImageNet, tile size kept
+any timm model name           ``num_classes=0``              its own its ``pretrained_cfg``
+============================  =============================  ======  ==============================
+
+The Lunit files (Kang et al., CVPR 2023) are ``dino_vit_small_patch16_ep200.torch`` and
+``mocov2_rn50_ep200.torch``: plain state dicts with timm / torchvision key names (the two agree for ResNets).
+
+Cached bags (:func:`extract_bag_features`) are laid out as::
+
+    out_dir/
+      extractor.json      the extractor's name and width: a cache is never extended by another extractor
+      <slide_id>.pt       {"features": (N, D), "label": (4,) multi-hot, "source", "slide_id", "n_tiles"}
+      manifest.csv        slide_id, file, source, n_tiles, NC, GG3, GG4, GG5; written once every slide is there
+
+Each slide file is written atomically, so a killed run resumes by skipping the slides already there; under
+torchrun rank ``r`` of ``W`` takes slides r, r + W, ..., and whichever rank sees every slide file present writes
+the manifest (no collective, as :func:`monai_disc.generate_slides.generate_slides`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from monai_disc.labels import LABEL_NAMES, NUM_CLASSES
+from monai_disc.networks.carcinonet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    _strip_common_prefixes,
+    carcinonet_toy,
+    load_encoder_weights,
+)
+
+__all__ = [
+    "DEFAULT_CARCINONET_WEIGHTS",
+    "DEFAULT_EXTRACTOR",
+    "EXTRACTORS",
+    "FEATURE_MANIFEST",
+    "LUNIT_MEAN",
+    "LUNIT_STD",
+    "ExtractorSpec",
+    "FeatureBagDataset",
+    "FeatureExtractor",
+    "build_extractor",
+    "extract_bag_features",
+    "feature_manifest",
+]
+
+LUNIT_MEAN: tuple[float, float, float] = (0.70322989, 0.53606487, 0.66096631)
+LUNIT_STD: tuple[float, float, float] = (0.21716536, 0.26081574, 0.20723464)
+
+DEFAULT_EXTRACTOR = "carcinonet_toy"
+# The toy CarcinoNet the carcinonet bundle trains (a plain state dict of the whole network).
+DEFAULT_CARCINONET_WEIGHTS = Path(__file__).resolve().parents[2] / "bundles" / "carcinonet" / "models" / "model.pt"
+FEATURE_MANIFEST = "manifest.csv"
+_EXTRACTOR_INFO = "extractor.json"
+_CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.")
+_NESTED_KEYS = ("state_dict", "model", "network", "teacher")
+_MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """A named extractor: the timm model it builds and what its weights expect.
+
+    Attributes:
+        model: timm model name (built with ``pretrained=False, num_classes=0``).
+        mean: per-channel mean in [0, 1] units the weights were trained with.
+        std: per-channel standard deviation in [0, 1] units.
+        input_size: square side tiles are resized to; None keeps the tile size (convolutional networks).
+        weights_hint: the weight file it is released as, named in errors.
+    """
+
+    model: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int | None
+    weights_hint: str
+
+
+EXTRACTORS: dict[str, ExtractorSpec] = {
+    "vit_small_dino": ExtractorSpec(
+        "vit_small_patch16_224", LUNIT_MEAN, LUNIT_STD, 224, "dino_vit_small_patch16_ep200.torch"
+    ),
+    "resnet50_mocov2": ExtractorSpec("resnet50", LUNIT_MEAN, LUNIT_STD, None, "mocov2_rn50_ep200.torch"),
+    "resnet50_imagenet": ExtractorSpec(
+        "resnet50", IMAGENET_MEAN, IMAGENET_STD, None, "a torchvision/timm ResNet-50 ImageNet file (resnet50-*.pth)"
+    ),
+}
+
+
+class FeatureExtractor(nn.Module):
+    """Package tiles (B, 3, H, W) in [-1, 1] -> features (B, D), through the backbone's own normalisation.
+
+    Args:
+        backbone: module mapping normalised tiles to (B, D) features.
+        num_features: D.
+        mean: per-channel mean in [0, 1] units the backbone expects.
+        std: per-channel standard deviation in [0, 1] units.
+        input_size: square side to resize tiles to (bilinear, antialiased) when they differ; None keeps them.
+        name: the extractor's name, recorded with cached features.
+
+    Raises:
+        ValueError: for a mean/std that is not 3 values, a non-positive std or input size.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_features: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_size: int | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need 3 values each (std > 0), got {tuple(mean)} and {tuple(std)}.")
+        if input_size is not None and int(input_size) < 1:
+            raise ValueError(f"input_size must be a positive integer or None, got {input_size}.")
+        self.backbone = backbone
+        self.num_features = int(num_features)
+        self.input_size = None if input_size is None else int(input_size)
+        self.name = name
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """The normalisation and sizes, as timm reports them for its models."""
+        side = self.input_size
+        return {
+            "name": self.name,
+            "mean": tuple(self.mean.flatten().tolist()),
+            "std": tuple(self.std.flatten().tolist()),
+            "input_size": None if side is None else (3, side, side),
+            "num_features": self.num_features,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed tiles.
+
+        Args:
+            x: (B, 3, H, W) float tiles in [-1, 1].
+
+        Returns:
+            (B, num_features) float features.
+
+        Raises:
+            ValueError: for a tensor that is not (B, 3, H, W).
+        """
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.name or 'FeatureExtractor'} expects tiles (B, 3, H, W), got {tuple(x.shape)}.")
+        x = (x.to(self.mean.dtype) + 1.0) * 0.5
+        side = self.input_size
+        if side is not None and tuple(x.shape[-2:]) != (side, side):
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        return self.backbone((x - self.mean) / self.std)
+
+
+class _PooledEncoder(nn.Module):
+    """A ``features_only`` encoder -> its deepest level, globally average-pooled (as ``CarcinoNet.encode``)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)[-1].mean(dim=(-2, -1))
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A local weight file as a flat state dict: nested entries unwrapped, wrapper prefixes stripped."""
+    if not path.is_file():
+        raise FileNotFoundError(f"extractor weight file not found: {path}")
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for files that are not checkpoints
+        raise ValueError(f"{path}: cannot be read as a torch state dict ({type(err).__name__}: {err}).") from err
+    for nested in _NESTED_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(nested), Mapping):
+            obj = obj[nested]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}.")
+    return _strip_common_prefixes(dict(obj))
+
+
+def _listed(items: list[str]) -> str:
+    more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+    return f"{items[:_MAX_LISTED]}{more}"
+
+
+def _load_strict(module: nn.Module, path: Path, what: str) -> None:
+    """Load a weight file into ``module``, ignoring classifier keys it lacks; errors name the file."""
+    own = module.state_dict()
+    state = {k: v for k, v in _read_state_dict(path).items() if k in own or not k.startswith(_CLASSIFIER_PREFIXES)}
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{len(items)} {label}: {_listed(items)}"
+            for label, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
+            if items
+        ]
+        raise ValueError(f"{path}: does not fit {what}; " + "; ".join(parts) + ".")
+    for k, v in own.items():  # BN batch counters absent from old files carry no learnt information
+        state.setdefault(k, v)
+    module.load_state_dict(state, strict=True)
+
+
+def _carcinonet_extractor(weights: Path, input_size: int | None) -> FeatureExtractor:
+    net = carcinonet_toy()
+    state = _read_state_dict(weights)
+    if any(k.startswith(("bridge.", "decoder.", "head.")) for k in state):
+        _load_strict(net, weights, "the toy CarcinoNet (carcinonet_toy)")
+    else:  # an encoder-only file (ResNet names)
+        load_encoder_weights(net.encoder, weights)
+    mean = tuple(net.mean.flatten().tolist())
+    std = tuple(net.std.flatten().tolist())
+    return FeatureExtractor(_PooledEncoder(net.encoder), net.num_features, mean, std, input_size, "carcinonet_toy")
+
+
+def build_extractor(
+    name: str = DEFAULT_EXTRACTOR,
+    weights: str | os.PathLike | None = None,
+    input_size: int | None | str = "default",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> FeatureExtractor:
+    """A frozen tile feature extractor by name, with weights from a local file, in eval mode.
+
+    Args:
+        name: a name of :data:`EXTRACTORS`, ``"carcinonet_toy"``, or any timm model name.
+        weights: the local weight file. Required for every extractor but ``"carcinonet_toy"``, which defaults to
+            :data:`DEFAULT_CARCINONET_WEIGHTS` (the carcinonet bundle's toy weights).
+        input_size: square side tiles are resized to; ``"default"`` takes the extractor's own (224 for ViTs,
+            none for ResNets and CarcinoNet, timm's ``pretrained_cfg`` for other timm models); None keeps tiles.
+        mean: override of the normalisation mean ([0, 1] units); None keeps the extractor's.
+        std: override of the normalisation standard deviation.
+
+    Returns:
+        A :class:`FeatureExtractor` with ``requires_grad`` off.
+
+    Raises:
+        ValueError: an unknown name, a missing ``weights`` argument, or a weight file that does not fit (the
+            message names the file and the first mismatching keys).
+        FileNotFoundError: a weight file that does not exist.
+    """
+    if name == "carcinonet_toy":
+        size = None if input_size == "default" else input_size
+        extractor = _carcinonet_extractor(Path(weights or DEFAULT_CARCINONET_WEIGHTS).expanduser(), size)  # type: ignore[arg-type]
+    else:
+        spec = EXTRACTORS.get(name)
+        model_name = spec.model if spec else name
+        if not timm.is_model(model_name):
+            raise ValueError(
+                f"unknown extractor {name!r}: not one of {sorted([*EXTRACTORS, 'carcinonet_toy'])} nor a timm model"
+            )
+        if weights is None:
+            hint = spec.weights_hint if spec else f"a {model_name} state dict"
+            raise ValueError(
+                f"extractor {name!r} needs a local weight file (weights=PATH, e.g. {hint}); nothing is downloaded."
+            )
+        model = timm.create_model(model_name, pretrained=False, num_classes=0)
+        _load_strict(model, Path(weights).expanduser(), f"extractor {name!r} ({model_name})")
+        cfg = model.pretrained_cfg
+        if spec is not None:
+            default_mean, default_std, default_size = spec.mean, spec.std, spec.input_size
+        else:
+            default_mean, default_std = tuple(cfg["mean"]), tuple(cfg["std"])
+            default_size = int(cfg["input_size"][-1]) if cfg.get("fixed_input_size") else None
+        size = default_size if input_size == "default" else input_size
+        extractor = FeatureExtractor(model, model.num_features, default_mean, default_std, size, name)  # type: ignore[arg-type]
+    if mean is not None or std is not None:
+        cfg = extractor.pretrained_cfg
+        extractor = FeatureExtractor(
+            extractor.backbone,
+            extractor.num_features,
+            cfg["mean"] if mean is None else mean,
+            cfg["std"] if std is None else std,
+            extractor.input_size,
+            extractor.name,
+        )
+    extractor.requires_grad_(False)
+    return extractor.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# cached feature bags
+# ----------------------------------------------------------------------------------------------
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file then rename, so a file that exists is complete."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _atomic_bytes(path, buffer.getvalue())
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    _atomic_bytes(path, text.encode("utf-8"))
+
+
+def _check_slide_ids(bags: Sequence[Mapping]) -> None:
+    seen: set[str] = set()
+    for i, bag in enumerate(bags):
+        missing = [k for k in ("slide_id", "tiles", "label") if k not in bag]
+        if missing:
+            raise ValueError(f"bag {i} lacks key(s) {missing}")
+        sid = str(bag["slide_id"])
+        if not sid or sid != sid.strip() or sid.startswith(".") or any(c in sid for c in '/\\:*?"<>|'):
+            raise ValueError(f"bag {i}: slide id {sid!r} is not a plain file name (no separators, no leading dot)")
+        if sid in seen:
+            raise ValueError(f"slide id {sid!r} appears twice in the bags")
+        if not bag["tiles"]:
+            raise ValueError(f"bag {i} (slide {sid}) has no tile")
+        if np.asarray(bag["label"]).shape != (NUM_CLASSES,):
+            raise ValueError(f"bag {i} (slide {sid}): label must be {NUM_CLASSES} values, got {bag['label']!r}")
+        seen.add(sid)
+
+
+def _check_extractor_info(out: Path, extractor: FeatureExtractor) -> None:
+    """Record which extractor fills ``out``; refuse to mix two extractors in one cache."""
+    info = {"name": extractor.name, "num_features": extractor.num_features}
+    path = out / _EXTRACTOR_INFO
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: cannot be read as JSON ({err}).") from err
+        if found != info:
+            raise ValueError(f"{path}: this cache holds features of {found}, not of {info}; use another out_dir.")
+    else:
+        _atomic_text(path, json.dumps(info, indent=1) + "\n")
+
+
+class _TileList(Dataset):
+    """(tile, slide index) pairs of the pending slides, in order, so batches may span slides."""
+
+    def __init__(self, items: list[tuple[int, str]], loader: Callable[[str], torch.Tensor]) -> None:
+        self.items = items
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        slide, path = self.items[index]
+        return torch.as_tensor(self.loader(path)), slide
+
+
+def feature_manifest(bags: Sequence[Mapping], out_dir: str | os.PathLike) -> list[dict]:
+    """The manifest entries of ``bags`` cached in ``out_dir``: slide_id, features (path), label, source, n_tiles."""
+    out = Path(out_dir).expanduser()
+    return [
+        {
+            "slide_id": str(bag["slide_id"]),
+            "features": str(out / f"{bag['slide_id']}.pt"),
+            "label": np.asarray(bag["label"], dtype=np.float32),
+            "source": str(bag.get("source", "real")),
+            "n_tiles": len(bag["tiles"]),
+        }
+        for bag in bags
+    ]
+
+
+def _write_manifest(out: Path, manifest: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["slide_id", "file", "source", "n_tiles", *LABEL_NAMES])
+    for entry in manifest:
+        label = [int(round(float(v))) for v in entry["label"]]
+        writer.writerow([entry["slide_id"], Path(entry["features"]).name, entry["source"], entry["n_tiles"], *label])
+    _atomic_text(out / FEATURE_MANIFEST, buffer.getvalue())
+
+
+def extract_bag_features(
+    bags: Sequence[Mapping],
+    extractor: FeatureExtractor,
+    out_dir: str | os.PathLike,
+    batch_size: int = 64,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float16,
+    loader: Callable[[str], torch.Tensor] | None = None,
+    num_workers: int = 0,
+) -> list[dict]:
+    """Embed every tile of every bag once and cache one feature file per slide (resumable, rank-sharded).
+
+    Args:
+        bags: slide bags (:func:`monai_disc.data.load_sicapv2_bags`, :func:`monai_disc.data.load_synthetic_bags`).
+        extractor: from :func:`build_extractor`.
+        out_dir: the cache folder (layout in the module docstring); one folder per extractor.
+        batch_size: tiles per forward pass; batches span slide boundaries.
+        rank, world_size: this process's shard (rank r takes slides r, r + W, ...); None reads torch.distributed
+            or torchrun's ``RANK``/``WORLD_SIZE`` (see :func:`monai_disc.generate_slides.resolve_rank`).
+        progress: show a tqdm bar over this rank's tiles.
+        device: where the extractor runs; None keeps the extractor's device.
+        dtype: storage type of the features (float16 halves the cache; TransMIL casts them back).
+        loader: tile path -> (3, H, W) tensor in [-1, 1]; defaults to :func:`monai_disc.data.tile_loader`.
+        num_workers: DataLoader workers that read tiles.
+
+    Returns:
+        The manifest of all ``bags`` (see :func:`feature_manifest`); ``manifest.csv`` is written once every
+        slide's file exists (by this or another rank).
+
+    Raises:
+        ValueError: bad bags (missing keys, duplicate or unsafe slide ids, no tile, wrong label size), a cache
+            filled by another extractor, or a tile batch the extractor rejects.
+        FileNotFoundError: a tile that cannot be read (raised by the loader, naming the file).
+    """
+    from monai_disc.data.tilesets import tile_loader
+    from monai_disc.generate_slides import resolve_rank
+
+    _check_slide_ids(bags)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    rank, world_size = resolve_rank(rank, world_size)
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    _check_extractor_info(out, extractor)
+    manifest = feature_manifest(bags, out)
+
+    mine = list(range(rank, len(bags), world_size))
+    pending = [i for i in mine if not Path(manifest[i]["features"]).is_file()]
+    items = [(i, str(p)) for i in pending for p in bags[i]["tiles"]]
+    if device is not None:
+        extractor = extractor.to(device)
+    run_device = next(iter(extractor.buffers())).device
+    extractor.eval()
+
+    if items:
+        from tqdm.auto import tqdm
+
+        tiles = DataLoader(
+            _TileList(items, loader or tile_loader()), batch_size=batch_size, shuffle=False, num_workers=num_workers
+        )
+        done: dict[int, list[torch.Tensor]] = {i: [] for i in pending}
+        counts = {i: 0 for i in pending}
+        bar = tqdm(total=len(items), desc=f"features rank {rank}/{world_size}", unit="tile", disable=not progress)
+        with torch.inference_mode():
+            for batch, slides in tiles:
+                feats = extractor(batch.to(run_device)).to("cpu", dtype)
+                for slide in torch.unique_consecutive(slides).tolist():
+                    part = feats[slides == slide]
+                    done[slide].append(part)
+                    counts[slide] += len(part)
+                    if counts[slide] == len(bags[slide]["tiles"]):
+                        entry = manifest[slide]
+                        _atomic_save(
+                            {
+                                "features": torch.cat(done.pop(slide)).contiguous(),
+                                "label": torch.as_tensor(entry["label"]),
+                                "source": entry["source"],
+                                "slide_id": entry["slide_id"],
+                                "n_tiles": entry["n_tiles"],
+                            },
+                            Path(entry["features"]),
+                        )
+                bar.update(len(batch))
+        bar.close()
+
+    if all(Path(e["features"]).is_file() for e in manifest):
+        _write_manifest(out, manifest)
+    return manifest
+
+
+def _read_manifest(out: Path) -> list[dict]:
+    path = out / FEATURE_MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"feature manifest not found: {path} (is the feature extraction finished?)")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    entries = []
+    for line, row in enumerate(rows, start=2):
+        missing = [c for c in ("slide_id", "file", *LABEL_NAMES) if not row.get(c)]
+        if missing:
+            raise ValueError(f"{path} line {line}: missing value(s) for {missing}")
+        try:
+            label = np.array([float(row[c]) for c in LABEL_NAMES], dtype=np.float32)
+        except ValueError:
+            raise ValueError(f"{path} line {line}: label columns must be 0 or 1") from None
+        entries.append(
+            {
+                "slide_id": row["slide_id"],
+                "features": str(out / row["file"]),
+                "label": label,
+                "source": row.get("source") or "real",
+            }
+        )
+    return entries
+
+
+class FeatureBagDataset(Dataset):
+    """Cached feature bags as a torch Dataset: one ``{"features": (N, D), "label": (4,), ...}`` per slide.
+
+    Args:
+        bags: a cache folder written by :func:`extract_bag_features` (read through its ``manifest.csv``), or a
+            list whose items are feature files (``<slide_id>.pt``) or dicts with ``features`` (a file or an
+            (N, D) tensor) and optionally ``label`` (else read from the file), ``slide_id``, ``source``.
+        cache: keep loaded bags in memory (feature bags are small; epochs then read no file).
+
+    Raises:
+        FileNotFoundError: a folder without a manifest, or a listed feature file that does not exist.
+        ValueError: an item of an unknown kind, or an empty list.
+    """
+
+    def __init__(self, bags: str | os.PathLike | Sequence[Any], cache: bool = True) -> None:
+        if isinstance(bags, (str, os.PathLike)):
+            entries = _read_manifest(Path(bags).expanduser())
+        else:
+            entries = []
+            for i, item in enumerate(bags):
+                if isinstance(item, (str, os.PathLike)):
+                    item = {"features": str(item)}
+                if not isinstance(item, Mapping) or "features" not in item:
+                    raise ValueError(f"feature bag {i}: expected a .pt path or a dict with 'features', got {item!r}")
+                entries.append(dict(item))
+        if not entries:
+            raise ValueError(f"no feature bags in {bags!r}")
+        for entry in entries:
+            feats = entry["features"]
+            if isinstance(feats, (str, os.PathLike)) and not Path(feats).is_file():
+                raise FileNotFoundError(f"feature file not found: {feats}")
+        self.entries = entries
+        self.cache = cache
+        self._cached: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _load(self, index: int) -> dict:
+        entry = self.entries[index]
+        feats = entry["features"]
+        stored: Mapping[str, Any] = {}
+        if isinstance(feats, (str, os.PathLike)):
+            try:
+                stored = torch.load(feats, map_location="cpu", weights_only=True)
+            except Exception as err:
+                raise ValueError(f"{feats}: cannot be read as a feature file ({type(err).__name__}: {err}).") from err
+            if not isinstance(stored, Mapping) or "features" not in stored:
+                raise ValueError(f"{feats}: expected a dict with 'features', got {type(stored).__name__}")
+            feats = stored["features"]
+        feats = torch.as_tensor(feats)
+        if feats.ndim != 2 or feats.shape[0] < 1:
+            raise ValueError(
+                f"feature bag {entry.get('slide_id', index)}: features must be (N >= 1, D), got {tuple(feats.shape)}"
+            )
+        label = entry.get("label", stored.get("label"))
+        if label is None:
+            raise ValueError(f"feature bag {entry.get('slide_id', index)} has no label")
+        sid = entry.get("slide_id", stored.get("slide_id", Path(str(entry["features"])).stem))
+        return {
+            "features": feats,
+            "label": torch.as_tensor(np.asarray(label, dtype=np.float32)),
+            "slide_id": str(sid),
+            "source": str(entry.get("source", stored.get("source", "real"))),
+        }
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self._cached.get(index)
+        if sample is None:
+            sample = self._load(index)
+            if self.cache:
+                self._cached[index] = sample
+        return {**sample, "features": sample["features"].float()}
+
+    @property
+    def num_features(self) -> int:
+        """D, the width of the first bag's features."""
+        return int(self[0]["features"].shape[-1])
