@@ -67,6 +67,40 @@ def _compare_generators(args: argparse.Namespace) -> None:
     print(format_comparison(result))
 
 
+def _extract_features(args: argparse.Namespace) -> None:
+    from monai_disc.data.tilesets import load_sicapv2_bags, load_synthetic_bags
+    from monai_disc.networks import build_extractor, extract_bag_features
+
+    if args.synthetic:
+        bags = load_synthetic_bags(args.synthetic)
+    else:
+        bags = load_sicapv2_bags(args.data, args.partition, args.split)
+    extractor = build_extractor(args.extractor, weights=args.weights)
+    written = extract_bag_features(bags, extractor, args.out, batch_size=args.batch_size)
+    print(f"features of {len(written)} slides in {args.out}")
+
+
+def _named_dirs(pairs: Sequence[str], option: str) -> dict[str, str]:
+    named = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"{option} takes NAME=DIR, got {pair!r}")
+        named[name] = folder
+    return named
+
+
+def _lambda_sweep(args: argparse.Namespace) -> None:
+    from monai_disc.sweep import format_sweep, lambda_sweep
+
+    summary = lambda_sweep(
+        args.train, args.val, _named_dirs(args.test, "--test"), _named_dirs(args.synthetic, "--synthetic"),
+        lambdas=args.lambdas, seeds=args.seeds, out_dir=args.out, max_epochs=args.max_epochs,
+        patience=args.patience, network=args.network,
+    )  # fmt: skip
+    print(format_sweep(summary))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from monai_disc.demo import run_demo
 
@@ -112,6 +146,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="reuse stored results of unchanged generators")
     p.set_defaults(func=_compare_generators)
+
+    p = sub.add_parser("extract-features", help="cache per-slide tile features of real or synthetic slides")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="SICAPv2 root (real slides)")
+    source.add_argument("--synthetic", help="a generate-slides output folder (with manifest.csv)")
+    p.add_argument("--partition", default="Test")
+    p.add_argument("--split", default="Train")
+    p.add_argument("--out", required=True, help="feature cache folder (one .pt per slide)")
+    p.add_argument("--extractor", default="carcinonet_toy", help="vit_small_dino, resnet50_mocov2, ... or a timm name")
+    p.add_argument("--weights", default=None, help="local weight file of the extractor")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_extract_features)
+
+    p = sub.add_parser("lambda-sweep", help="TransMIL slide AUROC against lambda per generator, over seeds")
+    p.add_argument("--train", required=True, help="real training feature folder")
+    p.add_argument("--val", required=True, help="real validation feature folder")
+    p.add_argument("--test", required=True, action="append", metavar="NAME=DIR", help="test feature folder(s)")
+    p.add_argument("--synthetic", action="append", default=[], metavar="NAME=DIR", help="synthetic feature folders")
+    p.add_argument("--lambdas", type=float, nargs="+", default=[0, 0.05, 0.1, 0.25, 0.3, 0.5, 0.7, 0.9])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--network", default="transmil", choices=["transmil", "transmil_toy"])
+    p.set_defaults(func=_lambda_sweep)
 
     p = sub.add_parser("demo", help="the main job on the embedded toy data")
     p.add_argument("--out", default="demo_out", help="output folder")
