@@ -1,7 +1,8 @@
 """`monai-disc demo`: the main job on the embedded toy data, end to end with the shipped weights.
 
 Builds (or reuses) the toy SICAPv2 set, writes its contact sheet, prints its summary, draws SD tiles for
-held-out toy masks, grades real and generated tiles with the CarcinoNet ruler, and writes the pictures.
+held-out toy masks, grades real and generated tiles with the CarcinoNet ruler, draws a few planned synthetic
+slides, compares the four generators when their weights are shipped, and writes the pictures.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from monai_disc.compare import held_out_masks
-from monai_disc.data import format_summary, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
-from monai_disc.generators import load_weights
+from monai_disc.compare import format_comparison, held_out_masks, run_comparison
+from monai_disc.data import format_summary, load_sicapv2, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
+from monai_disc.generate_slides import IMAGES_DIR, MASKS_DIR, generate_slides
+from monai_disc.generators import GENERATORS, load_generator, load_weights
 from monai_disc.inferers import MaskLDMSampler
 from monai_disc.labels import LABEL_NAMES, colorize
 from monai_disc.metrics import MaskFidelity
 from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
+from monai_disc.sampling import ShapeBank, plan_synthetic_slides
 from monai_disc.visualize import overlay, save_grid
 
 __all__ = ["run_demo"]
@@ -97,6 +102,27 @@ def run_demo(
         out / "carcinonet_overlays.png",
         titles=["tile", "truth", "CarcinoNet"],
     )
+    figures["synthetic_slides"] = _synthetic_slides(root, out / "synthetic_slides", bundles, steps)
+    if all((bundles / weights).is_file() for _, weights, _ in GENERATORS.values()):
+        result = run_comparison(root, out / "compare", bundles=bundles, num_masks=num_tiles, steps=steps, seed=seed)
+        print(format_comparison(result))
+        figures["compare"] = str(out / "compare" / "compare.md")
     (out / "demo_figures.json").write_text(json.dumps(figures, indent=1, default=float))
     print(f"pictures: {out / 'sd_grid.png'}, {out / 'carcinonet_overlays.png'}; figures: {out / 'demo_figures.json'}")
     return figures
+
+
+def _synthetic_slides(root: Path, out: Path, bundles: Path, steps: int, num_slides: int = 2) -> str:
+    """A few planned synthetic slides drawn by SD, and one slide's tiles beside their masks as a grid."""
+    bank = ShapeBank.from_data_list(load_sicapv2(root, "Test", "Train"), size=64)
+    plans = plan_synthetic_slides(root, bank, target=100, n_tiles=(8, 12))[:num_slides]
+    generator = load_generator("sd", bundles, steps=steps)
+    start = time.perf_counter()
+    generate_slides(plans, out, generator, bank, progress=False)
+    seconds = (time.perf_counter() - start) / sum(p.n_tiles for p in plans)
+    first = out / plans[0].slide_id
+    tiles = [np.asarray(Image.open(p)) for p in sorted((first / IMAGES_DIR).glob("*.png"))]
+    masks = [colorize(np.asarray(Image.open(p))) for p in sorted((first / MASKS_DIR).glob("*.png"))]
+    grid = save_grid([tiles, masks], out / "slide_grid.png")
+    print(f"{len(plans)} synthetic slides in {out} ({seconds:.2f} s per tile); {plans[0].slide_id}: {grid}")
+    return str(grid)
