@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +43,7 @@ from torch import Tensor, nn
 from monai_disc.data import load_sicapv2
 from monai_disc.generate_slides import LDMGenerator
 from monai_disc.inferers import MaskLDMSampler, SeparatedConditionInferer
+from monai_disc.io import atomic_torch_save, atomic_write_text
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
 from monai_disc.metrics import MaskFidelity, as_label_map
 from monai_disc.transforms import sicapv2_tile_transforms
@@ -278,25 +278,6 @@ def _as_callable(name: str, generator: Any) -> Generator:
     raise TypeError(f"generator {name!r} is neither a callable (masks, seeds) -> tiles nor has a sample method.")
 
 
-def _umask_mode() -> int:
-    """The permissions a plain ``open`` would give a new file (mkstemp's files are private)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _sync() -> None:
     """Wait for queued GPU work, so wall-clock time covers what was launched."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -433,7 +414,7 @@ def compare_generators(
         if part is None:
             part = _run_generator(name, run, masks, seeds, ruler, batch_size, grid_rows, warmup)
             part.update(key=key, format=_PART_FORMAT)
-            _atomic_save(part, part_path)
+            atomic_torch_save(part, part_path)
         rows[name] = {
             **part["scores"],
             "fid": ruler_fid(part["features"], real_features),
@@ -468,8 +449,8 @@ def compare_generators(
     }
     columns = grids if mask_tiles is None else {"real": mask_tiles[:grid_rows], **grids}
     _save_grid(masks, columns, files["grid"], grid_rows)
-    _atomic_write(files["table"], ("# Generator comparison\n\n" + format_comparison(result) + "\n").encode())
-    _atomic_write(files["json"], json.dumps(_finite_or_none(result), indent=1).encode())
+    atomic_write_text(files["table"], "# Generator comparison\n\n" + format_comparison(result) + "\n")
+    atomic_write_text(files["json"], json.dumps(_finite_or_none(result), indent=1))
     return result
 
 
@@ -482,17 +463,6 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite_or_none(v) for v in value]
     return value
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save_grid(masks: Tensor, grids: Mapping[str, Tensor], path: Path, grid_rows: int) -> None:

@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from monai_disc.io import atomic_write_text
 from monai_disc.labels import LABEL_NAMES
 from monai_disc.sampling import ShapeBank, SlidePlan, manifest_rows
 from monai_disc.visualize import save_picture, to_uint8
@@ -225,19 +225,6 @@ def _is_finished(slide_dir: Path, plan: SlidePlan, generator: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------------
-def _atomic_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _csv_text(header: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(header), lineterminator="\n")
@@ -308,8 +295,8 @@ def _write_slide(
             save_picture(masks[i], partial / MASKS_DIR / tile_name(i))
         bar.update(len(batch))
     header = ("image", "slide_id", "label", "source_id", "seed")
-    _atomic_text(partial / TILE_LABELS_NAME, _csv_text(header, _tile_label_rows(plan, masks)))
-    _atomic_text(partial / SLIDE_INFO_NAME, json.dumps(_slide_info(plan, name)))
+    atomic_write_text(partial / TILE_LABELS_NAME, _csv_text(header, _tile_label_rows(plan, masks)))
+    atomic_write_text(partial / SLIDE_INFO_NAME, json.dumps(_slide_info(plan, name)))
     os.replace(partial, final)
     return final
 
@@ -407,4 +394,4 @@ def generate_slides(
     if missing:
         logger.info("manifest not written yet: %d slides of other ranks missing (e.g. %s)", len(missing), missing[0])
         return None
-    return _atomic_text(manifest, _manifest_text(plans, name))
+    return atomic_write_text(manifest, _manifest_text(plans, name))

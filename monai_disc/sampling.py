@@ -28,6 +28,7 @@ from typing import Any, Union
 import numpy as np
 from monai.config import NdarrayOrTensor
 
+from monai_disc.io import atomic_write_bytes, atomic_write_text
 from monai_disc.labels import (
     GLEASON_PATTERN_TO_LABEL,
     LABEL_NAMES,
@@ -162,18 +163,6 @@ def drop_specks(labels: np.ndarray, min_fraction: float = DEFAULT_MIN_FRACTION) 
         return x
     _, (rows, cols) = ndimage.distance_transform_edt(speck, return_indices=True)
     return x[rows, cols]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + rename: a killed write never leaves a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _check_label(value: Any, what: str) -> int:
@@ -350,7 +339,6 @@ class ShapeBank:
     # storage -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the bank as a compressed npz (temp file + rename, so a killed write leaves no half file)."""
-        path = Path(path)
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer,
@@ -359,8 +347,7 @@ class ShapeBank:
             source_ids=np.asarray(self.source_ids, dtype=np.str_),
             num_ranks=self.num_ranks.astype(np.uint8),
         )
-        _atomic_write(path, buffer.getvalue())
-        return path
+        return atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ShapeBank:
@@ -813,9 +800,7 @@ def save_plans(plans: Sequence[SlidePlan], path: str | os.PathLike, bank: ShapeB
     content: dict[str, Any] = {"format": _PLAN_FORMAT, "slides": [p.to_dict() for p in plans]}
     if bank is not None:
         content["bank"] = {"shapes": len(bank), "spatial_size": list(bank.spatial_size)}
-    path = Path(path)
-    _atomic_write(path, json.dumps(content, indent=None, separators=(",", ":")).encode())
-    return path
+    return atomic_write_text(path, json.dumps(content, indent=None, separators=(",", ":")))
 
 
 def load_plans(path: str | os.PathLike) -> list[SlidePlan]:
@@ -859,6 +844,4 @@ def write_manifest(plans: Iterable[SlidePlan], path: str | os.PathLike) -> Path:
     writer = csv.DictWriter(text, fieldnames=header, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    path = Path(path)
-    _atomic_write(path, text.getvalue().encode())
-    return path
+    return atomic_write_text(path, text.getvalue())

@@ -31,8 +31,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from monai_disc.io import atomic_write_bytes, atomic_write_text
 from monai_disc.labels import LABEL_NAMES
-from monai_disc.networks.features import _atomic_bytes, _atomic_text
 
 __all__ = [
     "BASELINE",
@@ -111,7 +111,7 @@ def _write_csv(out: Path, rows: Mapping[tuple, Mapping[str, Any]]) -> pd.DataFra
     frame = frame[
         [c for c in SWEEP_COLUMNS if c in frame.columns] + [c for c in frame.columns if c not in SWEEP_COLUMNS]
     ]
-    _atomic_text(out / _CSV, frame.to_csv(index=False))
+    atomic_write_text(out / _CSV, frame.to_csv(index=False))
     return frame
 
 
@@ -227,10 +227,7 @@ def plot_sweep(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_bytes(path, buffer.getvalue())
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def lambda_sweep(
@@ -344,7 +341,7 @@ def lambda_sweep(
                     "n_test_slides": scores["n_slides"],
                 }
             )
-        _atomic_text(run_dir / _METRICS, json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(run_dir / _METRICS, json.dumps(rows, indent=1) + "\n")
         _write_csv(out, _read_rows(out))
 
     done = _read_rows(out)
@@ -353,6 +350,6 @@ def lambda_sweep(
     frame = frame[[_row_key(r) in wanted for r in frame.to_dict("records")]] if len(frame) else frame
     summary = summarize_sweep(frame, list(synthetic) or None, list(tests))
     if all(not missing(run, done) for run in runs):
-        _atomic_text(out / _MD, format_sweep(summary))
+        atomic_write_text(out / _MD, format_sweep(summary))
         plot_sweep(summary, out / _PNG)
     return summary

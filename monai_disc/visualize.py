@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .io import atomic_path
 from .labels import colorize
 
 __all__ = ["overlay", "save_grid", "save_picture", "to_uint8"]
@@ -113,18 +112,10 @@ def save_picture(picture: np.ndarray | Image.Image, path: str | Path) -> Path:
         path: output file; the suffix picks the format (``.png``, ``.jpg``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown picture format {path.suffix!r}.")
     image = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; pictures are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt)
     return path

@@ -42,6 +42,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from monai_disc.io import atomic_path, atomic_write_bytes
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
 
 __all__ = [
@@ -963,12 +964,6 @@ def _split_patients(
 # ----------------------------------------------------------------------------------------------
 # writers (atomic, byte-deterministic)
 # ----------------------------------------------------------------------------------------------
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _jpeg_bytes(array: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="JPEG", quality=quality)
@@ -1018,8 +1013,8 @@ def _write_slide_tiles(work: Path, seed: int, slide: _SlidePlan, tile_size: int)
             mask = draw_mask(tile_size, tile.labels, _rng(seed, 3, slide.index, t))
         else:
             rgb, mask = _render_tile(seed, slide, t, tile_size, stain)
-            _atomic_bytes(img_path, _jpeg_bytes(rgb, _JPEG_QUALITY))
-            _atomic_bytes(mask_path, _jpeg_bytes(_SICAP_VALUES[mask], 100))
+            atomic_write_bytes(img_path, _jpeg_bytes(rgb, _JPEG_QUALITY))
+            atomic_write_bytes(mask_path, _jpeg_bytes(_SICAP_VALUES[mask], 100))
         rows[tile.name] = _sheet_row(tile.name, mask, tile.cribriform, _rng(seed, 6, slide.index, t))
     return rows
 
@@ -1079,8 +1074,7 @@ def _write_pyramid_tiff(path: Path, levels: list[np.ndarray], mpp: float) -> Non
     """A tiled, deflate-compressed pyramidal RGB TIFF (one directory per level), as OpenSlide reads it."""
     import tifffile
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tifffile.TiffWriter(tmp) as tw:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tw:
         for i, level in enumerate(levels):
             ds = levels[0].shape[1] / level.shape[1]
             px_per_cm = 1e4 / (mpp * ds)
@@ -1094,7 +1088,6 @@ def _write_pyramid_tiff(path: Path, levels: list[np.ndarray], mpp: float) -> Non
                 resolutionunit="CENTIMETER",
                 metadata=None,
             )
-    os.replace(tmp, path)
 
 
 def _write_panda_slide(root: Path, seed: int, index: int, size: tuple[int, int], n_levels: int) -> dict[str, Any]:
@@ -1134,7 +1127,7 @@ def _panda_jobs(root: Path, n_slides: int, seed: int, size: tuple[int, int], n_l
 
 
 def _write_panda_table(root: Path, rows: list[dict[str, Any]]) -> None:
-    _atomic_bytes(root / "train.csv", pd.DataFrame(rows).to_csv(index=False, lineterminator="\n").encode())
+    atomic_write_bytes(root / "train.csv", pd.DataFrame(rows).to_csv(index=False, lineterminator="\n").encode())
 
 
 def make_toy_panda(
@@ -1287,7 +1280,7 @@ def make_toy_sicapv2(
     if _read_marker(work / "build_args.json") != args:  # a different or unknown partial build
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    _atomic_bytes(work / "build_args.json", json.dumps(args, sort_keys=True).encode())
+    atomic_write_bytes(work / "build_args.json", json.dumps(args, sort_keys=True).encode())
     for sub in ("images", "masks", "partition/Test", *(f"partition/Validation/Val{k}" for k in range(1, 5))):
         (work / sub).mkdir(parents=True, exist_ok=True)
 
@@ -1327,12 +1320,12 @@ def make_toy_sicapv2(
         return pd.DataFrame(rows, columns=["image_name", "NC", "G3", "G4", "G5", "G4C"])
 
     part = work / "partition"
-    _atomic_bytes(part / "Test" / "Train.xlsx", _xlsx_bytes(sheet(train_p)))
-    _atomic_bytes(part / "Test" / "Test.xlsx", _xlsx_bytes(sheet(test_p)))
+    atomic_write_bytes(part / "Test" / "Train.xlsx", _xlsx_bytes(sheet(train_p)))
+    atomic_write_bytes(part / "Test" / "Test.xlsx", _xlsx_bytes(sheet(test_p)))
     for k, fold in enumerate(folds, start=1):
         rest = [p for p in train_p if p not in set(fold)]
-        _atomic_bytes(part / "Validation" / f"Val{k}" / "Train.xlsx", _xlsx_bytes(sheet(rest)))
-        _atomic_bytes(part / "Validation" / f"Val{k}" / "Test.xlsx", _xlsx_bytes(sheet(fold)))
+        atomic_write_bytes(part / "Validation" / f"Val{k}" / "Train.xlsx", _xlsx_bytes(sheet(rest)))
+        atomic_write_bytes(part / "Validation" / f"Val{k}" / "Test.xlsx", _xlsx_bytes(sheet(fold)))
     labels_df = pd.DataFrame(
         [
             {
@@ -1344,7 +1337,7 @@ def make_toy_sicapv2(
             for s in slides
         ]
     )
-    _atomic_bytes(work / "wsi_labels.xlsx", _xlsx_bytes(labels_df))
+    atomic_write_bytes(work / "wsi_labels.xlsx", _xlsx_bytes(labels_df))
 
     # move into place; the marker goes last
     (work / "build_args.json").unlink()
@@ -1352,7 +1345,7 @@ def make_toy_sicapv2(
     if not root.exists() or not any(root.iterdir()):
         if root.exists():
             root.rmdir()
-        _atomic_bytes(work / _MARKER, marker)
+        atomic_write_bytes(work / _MARKER, marker)
         os.replace(work, root)
         return root
     (root / _MOVING).touch()
@@ -1366,7 +1359,7 @@ def make_toy_sicapv2(
         if (work / name).exists():
             os.replace(work / name, old)
     shutil.rmtree(work, ignore_errors=True)
-    _atomic_bytes(root / _MARKER, marker)
+    atomic_write_bytes(root / _MARKER, marker)
     (root / _MOVING).unlink()
     return root
 
@@ -1462,8 +1455,6 @@ def save_contact_sheet(
         draw.text((x + 20, y + 7), name, fill=(0, 0, 0))
         x += 80
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
     return path

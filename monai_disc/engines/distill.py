@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from monai_disc.inferers.mask_ldm import MaskLDMSampler
 from monai_disc.inferers.separated import SeparatedConditionInferer
+from monai_disc.io import atomic_torch_save, atomic_write_text
 
 __all__ = [
     "DISTILL_MANIFEST",
@@ -91,18 +92,6 @@ def distributed_rank(rank: int | None = None, world_size: int | None = None) -> 
     return rank, world_size
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(file)`` into a temp file beside ``path``, then rename: never a half file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _size2(size: int | Sequence[int]) -> list[int]:
     if isinstance(size, (int, np.integer)):
         return [int(size), int(size)]
@@ -133,9 +122,9 @@ def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     for entry in manifest["shards"]:
         for i in range(entry["start"], entry["stop"]):
             writer.writerow([i, distill_seed(manifest["seed"], i), entry["file"]])
-    _atomic_write(root / DISTILL_SEEDS_CSV, lambda f: f.write(table.getvalue().encode()))
+    atomic_write_text(root / DISTILL_SEEDS_CSV, table.getvalue())
     # every rank may get here first: the content is the same, and the rename is atomic
-    _atomic_write(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    atomic_write_text(path, json.dumps(manifest, indent=1))
 
 
 @torch.no_grad()
@@ -254,7 +243,7 @@ def write_distillation_set(
                 "indices": torch.tensor(indices, dtype=torch.int64),
                 "seeds": torch.tensor(seeds, dtype=torch.int64),
             }
-            _atomic_write(root / entry["file"], lambda f, c=content: torch.save(c, f))
+            atomic_torch_save(content, root / entry["file"])
             written.append(entry["file"])
     finally:
         bar.close()

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from monai.transforms import Compose
 
 from monai_disc.data.folder import FOLDER_IMAGE_EXTENSIONS, load_folder
 from monai_disc.data.sicapv2 import load_sicapv2
+from monai_disc.io import atomic_write_text
 from monai_disc.labels import NUM_CLASSES
 from monai_disc.metrics.pixel import as_label_map
 from monai_disc.transforms.pipelines import folder_tile_transforms, sicapv2_tile_transforms
@@ -230,15 +230,7 @@ class MetricsJSONWriter:
         data = _jsonable({**self.extra, **{n: metrics[n] for n in names}})
         if _is_main_rank():
             text = _dumps(data)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(text + "\n")
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_text(self.path, text + "\n")
             if self.echo:
                 print(text, file=sys.stdout, flush=True)
         return data

@@ -45,9 +45,10 @@ from timm.optim import Lookahead
 
 from monai_disc.engines.checkpoint import ResumableCheckpoint
 from monai_disc.engines.mixed import LOSS_REAL, LOSS_SYNTH, MixedSupervisedTrainer, loss_parts
+from monai_disc.io import atomic_torch_save, atomic_write_text
 from monai_disc.labels import LABEL_NAMES, GleasonLabel
 from monai_disc.metrics.slide import slide_auroc
-from monai_disc.networks.features import FeatureBagDataset, _atomic_save, _atomic_text
+from monai_disc.networks.features import FeatureBagDataset
 from monai_disc.networks.transmil import transmil, transmil_toy
 
 __all__ = [
@@ -136,7 +137,7 @@ class _BestWeights:
         if score > self.best or not self.path.is_file():
             self.best = score if not math.isnan(score) else self.best
             self.epoch = int(engine.state.epoch)
-            _atomic_save({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, self.path)
+            atomic_torch_save({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, self.path)
 
     def state_dict(self) -> dict[str, float]:
         return {"best": self.best, "epoch": float(self.epoch)}
@@ -182,7 +183,7 @@ def _write_history(path: Path, rows: Sequence[Mapping[str, float]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: int(row[k]) if k == "epoch" else row[k] for k in HISTORY_COLUMNS})
-    _atomic_text(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _read_history(path: Path) -> list[dict[str, float]]:
@@ -372,7 +373,7 @@ def train_transmil(
             "lam": lam,
             "seed": int(seed),
         }
-        _atomic_text(result_path, json.dumps(result, indent=1) + "\n")
+        atomic_write_text(result_path, json.dumps(result, indent=1) + "\n")
 
     trainer.add_event_handler(Events.COMPLETED, finish)
     try:

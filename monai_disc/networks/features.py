@@ -37,7 +37,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from monai_disc.io import atomic_torch_save, atomic_write_text
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES
 from monai_disc.networks.carcinonet import (
     IMAGENET_MEAN,
@@ -325,28 +325,6 @@ def build_extractor(
 # ----------------------------------------------------------------------------------------------
 # cached feature bags
 # ----------------------------------------------------------------------------------------------
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file then rename, so a file that exists is complete."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    _atomic_bytes(path, buffer.getvalue())
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    _atomic_bytes(path, text.encode("utf-8"))
-
-
 def _check_slide_ids(bags: Sequence[Mapping]) -> None:
     seen: set[str] = set()
     for i, bag in enumerate(bags):
@@ -377,7 +355,7 @@ def _check_extractor_info(out: Path, extractor: FeatureExtractor) -> None:
         if found != info:
             raise ValueError(f"{path}: this cache holds features of {found}, not of {info}; use another out_dir.")
     else:
-        _atomic_text(path, json.dumps(info, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(info, indent=1) + "\n")
 
 
 class _TileList(Dataset):
@@ -417,7 +395,7 @@ def _write_manifest(out: Path, manifest: list[dict]) -> None:
     for entry in manifest:
         label = [int(round(float(v))) for v in entry["label"]]
         writer.writerow([entry["slide_id"], Path(entry["features"]).name, entry["source"], entry["n_tiles"], *label])
-    _atomic_text(out / FEATURE_MANIFEST, buffer.getvalue())
+    atomic_write_text(out / FEATURE_MANIFEST, buffer.getvalue())
 
 
 def extract_bag_features(
@@ -495,7 +473,7 @@ def extract_bag_features(
                     counts[slide] += len(part)
                     if counts[slide] == len(bags[slide]["tiles"]):
                         entry = manifest[slide]
-                        _atomic_save(
+                        atomic_torch_save(
                             {
                                 "features": torch.cat(done.pop(slide)).contiguous(),
                                 "label": torch.as_tensor(entry["label"]),
