@@ -621,7 +621,7 @@ def plan_slide(
         if not require_labels or wanted <= present:
             break
     else:
-        missing = [LABEL_NAMES[l] for l in sorted(wanted - present)]
+        missing = [LABEL_NAMES[label] for label in sorted(wanted - present)]
         raise ValueError(
             f"slide {primary, secondary}: grades {missing} did not occur in {max_attempts} draws of {count} tiles; "
             "raise their weights or n_tiles"

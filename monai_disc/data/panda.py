@@ -106,7 +106,8 @@ def load_panda(root: str | os.PathLike) -> list[dict]:
         try:
             isup = int(str(row.isup_grade).strip())
         except ValueError:
-            raise ValueError(f"{csv}: isup_grade {row.isup_grade!r} of {slide_id} on line {line} is not an integer")
+            msg = f"{csv}: isup_grade {row.isup_grade!r} of {slide_id} on line {line} is not an integer"
+            raise ValueError(msg) from None
         if f"{slide_id}.tiff" not in images:
             absent.append(str(image_dir / f"{slide_id}.tiff"))
             continue

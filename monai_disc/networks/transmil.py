@@ -213,9 +213,7 @@ class TransMIL(nn.Module):
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[1] < 1 or x.shape[2] != self.in_features:
-            raise ValueError(
-                f"TransMIL expects a bag (B, N >= 1, {self.in_features}), got shape {tuple(x.shape)}."
-            )
+            raise ValueError(f"TransMIL expects a bag (B, N >= 1, {self.in_features}), got shape {tuple(x.shape)}.")
         return x.to(self.fc1[0].weight.dtype)  # features may be stored as float16 / float64
 
     def _encode(self, x: torch.Tensor, return_attention: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -45,10 +45,20 @@ def missing_metadata(meta: dict) -> list[str]:
 def bundle_run(bundle: str, configs: list[str], *args: str, torchrun: int = 0, timeout: int = 600) -> str:
     """Run a bundle workflow in a fresh process exactly as a user would; return its output, raise on failure."""
     root = BUNDLES / bundle
-    config = str(root / "configs" / configs[0]) if len(configs) == 1 else str([str(root / "configs" / c) for c in configs])
+    config = (
+        str(root / "configs" / configs[0]) if len(configs) == 1 else str([str(root / "configs" / c) for c in configs])
+    )
     launcher = [sys.executable, "-m", "monai.bundle"]
     if torchrun:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "-m", "monai.bundle"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(torchrun),
+            "-m",
+            "monai.bundle",
+        ]
     cmd = [
         *launcher,
         "run",

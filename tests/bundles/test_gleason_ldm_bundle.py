@@ -119,7 +119,9 @@ def test_killed_training_resumes_from_its_last_checkpoint(trained, toy_root, tmp
     ]  # fmt: skip
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.yaml"),
            "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(ROOT), *args, "--max_epochs", "1000"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     try:
         deadline = time.time() + 240
         while latest_checkpoint(ckpts) is None or "iteration=4" not in latest_checkpoint(ckpts).name:

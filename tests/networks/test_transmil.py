@@ -189,7 +189,7 @@ def test_learns_which_clusters_a_bag_contains():
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     net.train()
-    for step in range(150):
+    for _step in range(150):
         idx = torch.randint(0, len(train_x), (16,), generator=g)
         optimizer.zero_grad()
         loss = loss_fn(net(train_x[idx]), train_y[idx])
