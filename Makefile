@@ -15,4 +15,5 @@ demo: install
 	monai-disc demo --out demo_out
 
 test: install-dev
+	$(PY) -m ruff check monai_disc tests bench
 	$(PY) -m pytest -q tests
