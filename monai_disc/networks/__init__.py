@@ -1,4 +1,8 @@
-"""Torch modules: the VQ-f4 first stage, the mask encoder and denoiser, and the graders."""
+"""Torch modules: the VQ-f4 first stage, the mask encoder and denoiser, and the graders.
+
+The paper-size TransMIL is the class itself (``TransMIL(in_features)``); the submodule `transmil` is not
+shadowed by a factory of the same name, so config targets like ``monai_disc.networks.transmil.transmil_toy`` resolve.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from .carcinonet import CarcinoNet, carcinonet_toy, load_encoder_weights
 from .denoiser import MaskConditionedUNet, mask_ldm_toy, mask_ldm_vq_f4
 from .features import FeatureBagDataset, FeatureExtractor, build_extractor, extract_bag_features
 from .mask_encoder import MaskEncoder
-from .transmil import PPEG, TransLayer, TransMIL, pad_to_square, transmil, transmil_toy
+from .transmil import PPEG, TransLayer, TransMIL, pad_to_square, transmil_toy
 
 __all__ = [
     "FeatureBagDataset",
@@ -32,7 +36,6 @@ __all__ = [
     "TransLayer",
     "TransMIL",
     "pad_to_square",
-    "transmil",
     "transmil_toy",
     "CarcinoNet",
     "carcinonet_toy",
