@@ -33,7 +33,7 @@ def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> Path 
 
 
 class ResumableCheckpoint:
-    """Save `save_dict` plus the engine every `interval` iterations; at start, resume from the newest save.
+    """Save `save_dict` plus the engine every `interval` iterations and at the end; at start, resume from the newest.
 
     The engine joins the saved objects when the handler is attached, so a bundle config can list this
     handler among the trainer's own handlers without a circular reference. A fresh run starts from
@@ -69,14 +69,21 @@ class ResumableCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         objects = {**self.save_dict, self.engine_key: engine}
-        CheckpointSaver(
+        saver = CheckpointSaver(
             save_dir=str(self.ckpt_dir),
             save_dict=objects,
             save_interval=self.interval,
             epoch_level=False,
             n_saved=self.n_saved,
-        ).attach(engine)
+        )
+        saver.attach(engine)
+        # a run that ends early (time limit, early stopping) saves where it stopped, so a longer rerun loses nothing
+        engine.add_event_handler(Events.COMPLETED, self._save_last, saver)
         engine.add_event_handler(Events.STARTED, self.resume, objects)
+
+    def _save_last(self, engine: Engine, saver: CheckpointSaver) -> None:
+        if engine.state.iteration % self.interval:
+            saver.interval_completed(engine)
 
     def resume(self, engine: Engine, objects: dict) -> None:
         path = latest_checkpoint(self.ckpt_dir)

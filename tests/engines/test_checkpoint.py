@@ -54,3 +54,13 @@ def test_resumed_run_continues_from_saved_iteration_and_weights(tmp_path):
     uninterrupted.run()
     for key in saved:
         assert torch.allclose(net2.state_dict()[key], net3.state_dict()[key], atol=1e-6)
+
+
+def test_a_run_stopped_between_intervals_saves_where_it_stopped(tmp_path):
+    trainer, _ = _trainer(max_epochs=1, ckpt_dir=tmp_path)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.terminate())  # e.g. a time limit
+    trainer.run()
+    assert latest_checkpoint(tmp_path).name == "checkpoint_iteration=3.pt"
+    resumed, _ = _trainer(max_epochs=1, ckpt_dir=tmp_path)
+    resumed.run()
+    assert resumed.state.iteration == 4
