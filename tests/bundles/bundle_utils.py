@@ -1,11 +1,31 @@
-"""Helpers for bundle tests: real `python -m monai.bundle run` subprocesses and the specification's fields."""
+"""Helpers for bundle tests: real `python -m monai.bundle run` subprocesses, the specification's fields, and
+configs initialised in-process as `monai.bundle run` would (in a one-process group where DDP is configured)."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import monai
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+__all__ = [
+    "BUNDLES",
+    "METADATA_FIELDS",
+    "REPO",
+    "TENSOR_FIELDS",
+    "bundle_run",
+    "check_workflow",
+    "missing_metadata",
+    "single_rank_world",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
@@ -78,3 +98,56 @@ def bundle_run(bundle: str, configs: list[str], *args: str, torchrun: int = 0, t
     if proc.returncode != 0:
         raise AssertionError(f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n{out[-6000:]}")
     return out
+
+
+def check_workflow(
+    config_file: str | list[str], workflow_type: str, meta_file: Path | str, **override
+) -> ConfigWorkflow:
+    """Initialise a config as `monai.bundle run` does and require every property of its workflow type.
+
+    The workflow is finalised and MONAI's global seed reset afterwards, so a config's `set_determinism` does
+    not leak into later tests.
+
+    Args:
+        config_file: one config path, or a list merged in order (e.g. train + multi-GPU).
+        workflow_type: "train" or "infer".
+        meta_file: the bundle's metadata.json.
+        override: config ids and their values, as ``--id value`` on the command line.
+
+    Returns:
+        the finalised workflow, for checks of its parsed parts.
+    """
+    wf = ConfigWorkflow(
+        config_file=config_file, meta_file=str(meta_file), logging_file=False, workflow_type=workflow_type, **override
+    )
+    wf.initialize()
+    try:
+        assert wf.check_properties() == []
+    finally:
+        wf.finalize()
+        monai.utils.set_determinism(seed=None)
+    return wf
+
+
+@contextmanager
+def single_rank_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Rank 0 of a one-process world on a free local port, as torchrun describes it, for a multi-GPU config.
+
+    On exit the process group the body started is destroyed (through ignite when ignite adopted it, so ignite
+    forgets it too), so later tests start without one.
+    """
+    import ignite.distributed as idist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            idist.finalize()  # destroys the group when ignite adopted it, and forgets it
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

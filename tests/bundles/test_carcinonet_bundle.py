@@ -12,12 +12,14 @@ import os
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import monai
 import numpy as np
 import pytest
 import torch
+from bundle_utils import check_workflow, single_rank_world
 from monai.bundle import ConfigWorkflow, verify_net_in_out
 from PIL import Image
 
@@ -121,17 +123,7 @@ def test_network_matches_the_metadata_in_and_out():
         assert net(torch.rand(1, 3, 128, 128) * 2 - 1).shape == (1, 4, 128, 128)
 
 
-def _check(config_file, workflow_type: str, **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=config_file, meta_file=str(META), logging_file=False, workflow_type=workflow_type, **override
-    )
-    wf.initialize()
-    try:
-        assert wf.check_properties() == []
-    finally:
-        wf.finalize()
-        monai.utils.set_determinism(seed=None)
-    return wf
+_check = partial(check_workflow, meta_file=META)
 
 
 def test_train_config_has_every_train_property(toy_root, tmp_path):
@@ -146,30 +138,15 @@ def test_train_config_has_every_train_property(toy_root, tmp_path):
 
 
 def test_train_with_multi_gpu_config_has_every_train_property(toy_root, tmp_path, monkeypatch):
-    import socket
-
-    import ignite.distributed as idist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("MASTER_PORT", str(port))
-    try:
+    with single_rank_world(monkeypatch):
         wf = _check(
             [str(TRAIN), str(MULTI)], "train", bundle_root=str(BUNDLE), dataset_dir=str(toy_root),
             output_dir=str(tmp_path), model_dir=str(tmp_path / "models"), patch_size=TOY_PX, num_workers=0,
-            finalize=[],  # the group is torn down below, together with ignite's view of it
+            finalize=[],  # single_rank_world tears the group down, with ignite's view of it
         )  # fmt: skip
         assert torch.distributed.get_backend() == "gloo"
         assert isinstance(wf.trainer.network, torch.nn.parallel.DistributedDataParallel)
         assert wf.evaluator.network is wf.trainer.network.module  # validation bypasses DDP collectives
-    finally:
-        if torch.distributed.is_initialized():
-            idist.finalize()  # destroys the group when ignite adopted it, and forgets it
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 def test_evaluate_config_has_every_infer_property(toy_root, tmp_path):

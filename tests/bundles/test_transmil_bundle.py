@@ -11,15 +11,15 @@ import csv
 import json
 import math
 import re
-import socket
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import monai
 import numpy as np
 import pytest
 import torch
-from bundle_utils import BUNDLES, bundle_run, missing_metadata
+from bundle_utils import BUNDLES, bundle_run, check_workflow, missing_metadata, single_rank_world
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
@@ -107,18 +107,7 @@ def _model(path: Path) -> torch.nn.Module:
     return net.eval()
 
 
-def _check(config_file, workflow_type: str, **override) -> ConfigWorkflow:
-    """Initialise a config as `monai.bundle run` does and require every property of its workflow type."""
-    wf = ConfigWorkflow(
-        config_file=config_file, meta_file=str(META), logging_file=False, workflow_type=workflow_type, **override
-    )
-    wf.initialize()
-    try:
-        assert wf.check_properties() == []
-    finally:
-        wf.finalize()
-        monai.utils.set_determinism(seed=None)
-    return wf
+_check = partial(check_workflow, meta_file=META)
 
 
 # ----------------------------------------------------------------------------------------------- static checks
@@ -164,30 +153,17 @@ def test_train_config_has_every_train_property(extracted, tmp_path):
 
 
 def test_train_with_multi_gpu_config_has_every_train_property(extracted, tmp_path, monkeypatch):
-    import ignite.distributed as idist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("MASTER_PORT", str(port))
-    try:
+    with single_rank_world(monkeypatch):
         wf = _check(
             [str(TRAIN), str(MULTI)], "train", bundle_root=str(CONFIGS.parent),
             output_dir=str(extracted["work"] / "out"), run_dir=str(tmp_path), model_dir=str(tmp_path / "models"),
-            lam=0.5, synthetic_name=SYNTH, finalize=[],  # the group is torn down below, with ignite's view of it
+            lam=0.5, synthetic_name=SYNTH, finalize=[],  # single_rank_world tears the group down
         )  # fmt: skip
         assert torch.distributed.get_backend() == "gloo"
         assert isinstance(wf.trainer.network, torch.nn.parallel.DistributedDataParallel)
         assert wf.evaluator.network is wf.trainer.network.module  # validation bypasses DDP collectives
         assert type(wf.trainer.synthetic_loader.sampler).__name__ == "DistributedSampler"
         assert len(wf.trainer.synthetic_loader.dataset) == 3
-    finally:
-        if torch.distributed.is_initialized():
-            idist.finalize()
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 def test_evaluate_config_has_every_infer_property(extracted, tmp_path):

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from ignite.engine import Events
 from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
-from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
+from support import tiny_denoiser
 
 from monai_disc.engines.disc import DISCPrepareBatch, random_masks
 from monai_disc.engines.distill import DistillationSet, write_distillation_set
@@ -20,8 +20,6 @@ from monai_disc.engines.ldm import LatentDiffusionPrepareBatch
 from monai_disc.engines.mixed import LOSS_REAL, LOSS_SYNTH, MixedSupervisedTrainer
 from monai_disc.inferers.mask_ldm import LDM_SCHEDULE, MaskLDMSampler
 from monai_disc.networks.autoencoder import vq_f4_toy
-from monai_disc.networks.denoiser import MaskConditionedUNet
-from monai_disc.networks.mask_encoder import MaskEncoder
 from monai_disc.sampling import ShapeBank
 from monai_disc.transforms import labels_at_size
 
@@ -36,28 +34,6 @@ def _bank(size: int = 16) -> ShapeBank:
     thirds[: size // 2, : size // 2] = 1
     thirds[: size // 4, : size // 4] = 2
     return ShapeBank.from_masks([halves, thirds, np.zeros((size, size), np.int64)], ["h", "t", "u"], min_fraction=0)
-
-
-def _denoiser(seed: int = 0) -> MaskConditionedUNet:
-    torch.manual_seed(seed)
-    unet = DiffusionModelUNet(
-        spatial_dims=2,
-        in_channels=3,
-        out_channels=3,
-        channels=(16, 32),
-        attention_levels=(False, True),
-        num_res_blocks=1,
-        num_head_channels=16,
-        norm_num_groups=8,
-        with_conditioning=True,
-        cross_attention_dim=32,
-    )
-    net = MaskConditionedUNet(unet, MaskEncoder(context_dim=32, channels=(16, 32), token_grid=4))
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    return net
 
 
 def test_random_masks_colour_bank_shapes_with_distinct_grades_at_the_tile_size():
@@ -121,13 +97,13 @@ def test_prepare_batch_rejects_latents_that_do_not_fit():
 def distill_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     sampler = MaskLDMSampler(num_inference_steps=2, progress=False)
-    net = _denoiser().eval()
+    net = tiny_denoiser()
     write_distillation_set(root, net, 8, (3, 8, 8), image_size=32, shard_size=4, sampler=sampler, progress=False)
     return root
 
 
 def test_sd_disc_trains_the_stock_supervised_trainer_on_the_distillation_set(distill_dir):
-    net = _denoiser(1)
+    net = tiny_denoiser(1)
     start = [p.detach().clone() for p in net.parameters()]
     loader = DataLoader(DistillationSet(distill_dir), batch_size=4, shuffle=True)
     trainer = SupervisedTrainer(
@@ -151,7 +127,7 @@ def test_sd_disc_trains_the_stock_supervised_trainer_on_the_distillation_set(dis
 
 def test_cotrain_loss_is_the_mean_of_the_real_and_the_disc_losses(distill_dir):
     torch.manual_seed(0)
-    net = _denoiser(2)
+    net = tiny_denoiser(2)
     autoencoder = vq_f4_toy(channels=(8, 16, 16), norm_num_groups=8, n_embed=16)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1

@@ -6,41 +6,16 @@ import json
 
 import pytest
 import torch
-from monai.networks.nets import DiffusionModelUNet
+from support import tiny_denoiser
 
 from monai_disc.engines.distill import DistillationSet, distill_seed, distributed_rank, write_distillation_set
 from monai_disc.inferers.mask_ldm import MaskLDMSampler
 from monai_disc.inferers.separated import SeparatedConditionInferer
-from monai_disc.networks.denoiser import MaskConditionedUNet
-from monai_disc.networks.mask_encoder import MaskEncoder
 
 torch.set_num_threads(1)
 
 SHAPE = (3, 8, 8)
 SIZE = 32
-
-
-def _denoiser(seed: int = 0) -> MaskConditionedUNet:
-    """A tiny denoiser with its zero-initialised output layers randomised, so each label gives its own latent."""
-    torch.manual_seed(seed)
-    unet = DiffusionModelUNet(
-        spatial_dims=2,
-        in_channels=3,
-        out_channels=3,
-        channels=(16, 32),
-        attention_levels=(False, True),
-        num_res_blocks=1,
-        num_head_channels=16,
-        norm_num_groups=8,
-        with_conditioning=True,
-        cross_attention_dim=32,
-    )
-    net = MaskConditionedUNet(unet, MaskEncoder(context_dim=32, channels=(16, 32), token_grid=4))
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    return net.eval()
 
 
 def _sampler() -> MaskLDMSampler:
@@ -68,7 +43,7 @@ class KillAfter:
 
 
 def test_sets_are_the_separated_latents_of_their_seeds_in_shards_with_a_manifest(tmp_path, capsys):
-    net = _denoiser()
+    net = tiny_denoiser()
     summary = _write(tmp_path, net)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "manifest.csv",
@@ -101,7 +76,7 @@ def test_sets_are_the_separated_latents_of_their_seeds_in_shards_with_a_manifest
 
 
 def test_a_killed_run_resumes_without_redoing_finished_shards_and_gives_the_same_set(tmp_path):
-    net = _denoiser()
+    net = tiny_denoiser()
     full = tmp_path / "full"
     _write(full, net)
     killed = tmp_path / "killed"
@@ -123,7 +98,7 @@ def test_a_killed_run_resumes_without_redoing_finished_shards_and_gives_the_same
 
 
 def test_ranks_write_disjoint_shards_that_together_make_the_whole_set(tmp_path, monkeypatch):
-    net = _denoiser()
+    net = tiny_denoiser()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert distributed_rank() == (1, 2)
@@ -145,7 +120,7 @@ def test_ranks_write_disjoint_shards_that_together_make_the_whole_set(tmp_path, 
 
 
 def test_a_folder_of_another_set_is_refused_naming_the_manifest(tmp_path):
-    net = _denoiser()
+    net = tiny_denoiser()
     _write(tmp_path, net, n_sets=2)
     with pytest.raises(ValueError, match=r"manifest.json describes another distillation set \(n_sets: 2 -> 5"):
         _write(tmp_path, net)

@@ -4,57 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.inferers import LatentDiffusionInferer
-from monai.networks.nets import DiffusionModelUNet
-from torch import nn
+from support import CallLog, PoolAutoencoder, tiny_denoiser
 
 from monai_disc.inferers.mask_ldm import LDM_SCHEDULE, MaskLDMSampler, ddim_scheduler, latent_shape_for
-from monai_disc.networks.denoiser import MaskConditionedUNet
-from monai_disc.networks.mask_encoder import MaskEncoder
-
-
-class PoolAutoencoder(nn.Module):
-    """Test double of the first-stage interface: 4x average pooling down, nearest upsampling up.
-
-    The random test denoiser drives latents to about +-200, so the default scale brings tiles into [-1, 1]
-    rather than letting the final clamp hide differences.
-    """
-
-    def __init__(self, scale_factor: float = 200.0, with_factor: bool = True) -> None:
-        super().__init__()
-        self.register_buffer("scale_factor", torch.tensor(scale_factor))
-        if with_factor:
-            self.downsample_factor = 4
-        self.decoded_batches: list[int] = []
-
-    def encode_stage_2_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, 4)
-
-    def decode_stage_2_outputs(self, z: torch.Tensor) -> torch.Tensor:
-        self.decoded_batches.append(z.shape[0])
-        return F.interpolate(z, scale_factor=4, mode="nearest")
-
-
-def _denoiser(seed: int = 0) -> MaskConditionedUNet:
-    """A small denoiser whose zero-initialised output layers are randomised, so it reacts to x, t and the mask."""
-    torch.manual_seed(seed)
-    unet = DiffusionModelUNet(
-        spatial_dims=2,
-        in_channels=3,
-        out_channels=3,
-        channels=(16, 32),
-        attention_levels=(False, True),
-        num_res_blocks=1,
-        num_head_channels=16,
-        norm_num_groups=8,
-        with_conditioning=True,
-        cross_attention_dim=32,
-    )
-    net = MaskConditionedUNet(unet, MaskEncoder(context_dim=32, channels=(16, 32), token_grid=4))
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    return net.eval()
 
 
 def _masks(n: int, size: int = 32) -> torch.Tensor:
@@ -63,16 +15,8 @@ def _masks(n: int, size: int = 32) -> torch.Tensor:
     return F.interpolate(coarse, size=size, mode="nearest")[:, 0].long()
 
 
-class CallLog:
-    """Forward hook that records the batch size of every denoiser call."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.batches: list[int] = []
-        self.handle = module.register_forward_hook(lambda m, args, out: self.batches.append(out.shape[0]))
-
-
 def test_same_seeds_give_the_same_tiles_and_different_seeds_differ():
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     sampler = MaskLDMSampler(num_inference_steps=8, progress=False)
     masks = _masks(2)
     a = sampler.sample(masks, ae, net, seeds=[1, 2])
@@ -85,7 +29,7 @@ def test_same_seeds_give_the_same_tiles_and_different_seeds_differ():
 
 
 def test_a_tile_does_not_depend_on_batch_size_or_order():
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     for guidance in (1.0, 3.0):
         sampler = MaskLDMSampler(num_inference_steps=6, guidance_scale=guidance, progress=False)
         masks = _masks(3)
@@ -106,14 +50,14 @@ def test_noise_for_a_seed_is_the_same_in_any_batch():
 
 
 def test_conditional_sampling_calls_the_denoiser_once_per_step_on_the_batch():
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     log = CallLog(net)
     MaskLDMSampler(num_inference_steps=7, progress=False).sample(_masks(3), ae, net, seeds=[0, 1, 2])
     assert log.batches == [3] * 7
 
 
 def test_guidance_makes_one_batched_call_of_doubled_batch_per_step():
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     log = CallLog(net)
     MaskLDMSampler(num_inference_steps=5, guidance_scale=2.5, progress=False).sample(
         _masks(3), ae, net, seeds=[0, 1, 2]
@@ -122,7 +66,7 @@ def test_guidance_makes_one_batched_call_of_doubled_batch_per_step():
 
 
 def test_guidance_changes_the_tiles():
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     masks = _masks(2)
     plain = MaskLDMSampler(num_inference_steps=6, progress=False).sample(masks, ae, net, seeds=[0, 1])
     guided = MaskLDMSampler(num_inference_steps=6, guidance_scale=4.0, progress=False).sample(
@@ -132,7 +76,7 @@ def test_guidance_changes_the_tiles():
 
 
 def test_equals_monai_latent_diffusion_inferer_without_guidance():
-    net, ae = _denoiser(), PoolAutoencoder(scale_factor=150.0)
+    net, ae = tiny_denoiser(), PoolAutoencoder(scale_factor=150.0)
     masks = _masks(3)
     sampler = MaskLDMSampler(num_inference_steps=10, progress=False)
     noise = sampler.make_noise([4, 5, 6], (3, 8, 8), "cpu")
@@ -147,7 +91,7 @@ def test_equals_monai_latent_diffusion_inferer_without_guidance():
 
 
 def test_guided_latents_equal_monai_classifier_free_guidance_with_its_fill_value():
-    net = _denoiser()
+    net = tiny_denoiser()
     masks = _masks(2)
     sampler = MaskLDMSampler(num_inference_steps=8, guidance_scale=3.0, progress=False)
     noise = sampler.make_noise([1, 2], (3, 8, 8), "cpu")
@@ -183,7 +127,7 @@ def test_latent_shape_comes_from_the_factor_or_a_probe():
 
 
 def test_rejects_seeds_or_noise_that_do_not_match_the_masks():
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     sampler = MaskLDMSampler(num_inference_steps=2, progress=False)
     with pytest.raises(ValueError, match="2 seeds for 3 masks"):
         sampler.sample(_masks(3), ae, net, seeds=[0, 1])
@@ -194,7 +138,7 @@ def test_rejects_seeds_or_noise_that_do_not_match_the_masks():
 
 
 def test_decoding_in_chunks_gives_the_same_tiles():
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     masks = _masks(3)
     whole = MaskLDMSampler(num_inference_steps=3, progress=False).sample(masks, ae, net, seeds=[0, 1, 2])
     assert ae.decoded_batches == [3]

@@ -5,13 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import DiffusionModelUNet
-from torch import nn
+from support import CallLog, PoolAutoencoder, tiny_denoiser
 
 from monai_disc.inferers.mask_ldm import MaskLDMSampler, ddim_scheduler
 from monai_disc.inferers.separated import SeparatedConditionInferer, fuse_latents, present_labels, uniform_masks
-from monai_disc.networks.denoiser import MaskConditionedUNet
-from monai_disc.networks.mask_encoder import MaskEncoder
 from monai_disc.transforms import label_masks_at_size
 
 torch.set_num_threads(1)
@@ -19,56 +16,10 @@ torch.set_num_threads(1)
 STEPS = 5
 
 
-class PoolAutoencoder(nn.Module):
-    """First-stage test double: 4x average pooling down, nearest upsampling up; scale keeps tiles off the clamp."""
-
-    def __init__(self, scale_factor: float = 200.0) -> None:
-        super().__init__()
-        self.register_buffer("scale_factor", torch.tensor(scale_factor))
-        self.downsample_factor = 4
-
-    def encode_stage_2_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, 4)
-
-    def decode_stage_2_outputs(self, z: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(z, scale_factor=4, mode="nearest")
-
-
-def _denoiser(seed: int = 0) -> MaskConditionedUNet:
-    """A tiny denoiser with its zero-initialised output layers randomised, so it reacts to x, t and the mask."""
-    torch.manual_seed(seed)
-    unet = DiffusionModelUNet(
-        spatial_dims=2,
-        in_channels=3,
-        out_channels=3,
-        channels=(16, 32),
-        attention_levels=(False, True),
-        num_res_blocks=1,
-        num_head_channels=16,
-        norm_num_groups=8,
-        with_conditioning=True,
-        cross_attention_dim=32,
-    )
-    net = MaskConditionedUNet(unet, MaskEncoder(context_dim=32, channels=(16, 32), token_grid=4))
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    return net.eval()
-
-
 def _mask(labels_2x2: list[list[int]], size: int = 32) -> torch.Tensor:
     """(size, size) label map of four quadrants."""
     coarse = torch.tensor(labels_2x2, dtype=torch.float32)[None, None]
     return F.interpolate(coarse, size=size, mode="nearest")[0, 0].long()
-
-
-class CallLog:
-    """Forward hook recording the batch size of every denoiser call."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.batches: list[int] = []
-        module.register_forward_hook(lambda m, args, out: self.batches.append(out.shape[0]))
 
 
 def _decode(z: torch.Tensor, ae: PoolAutoencoder) -> torch.Tensor:
@@ -140,7 +91,7 @@ def test_present_labels_are_those_left_at_latent_size():
 @pytest.mark.parametrize("guidance", [1.0, 2.5])
 def test_sc_equals_fused_uniform_runs(guidance):
     """SD-SC == K ordinary samplings under uniform masks from the same noise, fused by Eq. 2, then decoded."""
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     sampler = MaskLDMSampler(num_inference_steps=STEPS, guidance_scale=guidance, progress=False)
     masks = torch.stack([_mask([[0, 1], [2, 3]]), _mask([[1, 1], [3, 3]])])
     seeds = [7, 8]
@@ -163,7 +114,7 @@ def test_sc_equals_fused_uniform_runs(guidance):
 
 
 def test_a_two_label_mask_runs_two_branches_in_one_call_per_step():
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     log = CallLog(net)
     inferer = SeparatedConditionInferer(MaskLDMSampler(num_inference_steps=STEPS, progress=False))
     inferer.sample(_mask([[0, 2], [0, 2]])[None], ae, net, seeds=[0])
@@ -180,7 +131,7 @@ def test_a_two_label_mask_runs_two_branches_in_one_call_per_step():
 
 
 def test_one_label_mask_gives_the_sd_tile():
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     sampler = MaskLDMSampler(num_inference_steps=STEPS, progress=False)
     masks = torch.stack([_mask([[2, 2], [2, 2]]), _mask([[0, 0], [0, 0]])])
     sd = sampler.sample(masks, ae, net, seeds=[3, 4])
@@ -189,7 +140,7 @@ def test_one_label_mask_gives_the_sd_tile():
 
 
 def test_fuse_step_zero_is_sd_and_an_inner_fuse_step_follows_the_split_loop():
-    net = _denoiser()
+    net = tiny_denoiser()
     sampler = MaskLDMSampler(num_inference_steps=STEPS, progress=False)
     masks = torch.stack([_mask([[0, 3], [3, 3]]), _mask([[1, 2], [2, 1]])])
     seeds = [11, 12]
@@ -223,7 +174,7 @@ def test_fuse_step_zero_is_sd_and_an_inner_fuse_step_follows_the_split_loop():
 
 
 def test_seeds_and_explicit_noise_give_the_same_tiles_in_any_batch():
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     inferer = SeparatedConditionInferer(MaskLDMSampler(num_inference_steps=STEPS, progress=False))
     masks = torch.stack([_mask([[0, 1], [1, 0]]), _mask([[3, 2], [2, 2]])])
     by_seed = inferer.sample(masks[:, None], ae, net, seeds=[5, 6])
@@ -235,7 +186,7 @@ def test_seeds_and_explicit_noise_give_the_same_tiles_in_any_batch():
 
 
 def test_bad_arguments_are_rejected_with_a_reason():
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     sampler = MaskLDMSampler(num_inference_steps=STEPS, progress=False)
     with pytest.raises(ValueError, match="fuse_step"):
         SeparatedConditionInferer(sampler, fuse_step=STEPS + 1)
@@ -251,7 +202,7 @@ def test_bad_arguments_are_rejected_with_a_reason():
 def test_sc_plugs_into_the_generation_evaluator_inferer_like_the_sd_sampler():
     from monai_disc.engines.generation import MaskLDMInferer
 
-    net, ae = _denoiser(), PoolAutoencoder()
+    net, ae = tiny_denoiser(), PoolAutoencoder()
     inferer = SeparatedConditionInferer(MaskLDMSampler(num_inference_steps=STEPS, progress=False))
     masks = torch.stack([_mask([[0, 1], [1, 0]]), _mask([[3, 2], [2, 2]])])
     tiles = MaskLDMInferer(inferer, ae)(masks[:, None], net, seeds=[5, 6])

@@ -3,37 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import DiffusionModelUNet
+from support import tiny_denoiser, tiny_unet
 
 from monai_disc.networks.denoiser import MaskConditionedUNet, mask_ldm_toy
 from monai_disc.networks.mask_encoder import MaskEncoder
 
 
-def _tiny(seed: int = 0) -> MaskConditionedUNet:
-    """A small denoiser whose zero-initialised output layers are randomised, so the output depends on the mask."""
-    torch.manual_seed(seed)
-    unet = DiffusionModelUNet(
-        spatial_dims=2,
-        in_channels=3,
-        out_channels=3,
-        channels=(16, 32),
-        attention_levels=(False, True),
-        num_res_blocks=1,
-        num_head_channels=16,
-        norm_num_groups=8,
-        with_conditioning=True,
-        cross_attention_dim=32,
-    )
-    net = MaskConditionedUNet(unet, MaskEncoder(context_dim=32, channels=(16, 32), token_grid=4))
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.2)
-    return net.eval()
-
-
 def test_mask_and_precomputed_context_give_the_same_noise_prediction():
-    net = _tiny()
+    net = tiny_denoiser(std=0.2)
     x = torch.randn(2, 3, 8, 8)
     t = torch.tensor([10, 900])
     mask = torch.randint(0, 4, (2, 32, 32))
@@ -45,7 +22,7 @@ def test_mask_and_precomputed_context_give_the_same_noise_prediction():
 
 
 def test_label_maps_and_one_hot_masks_encode_alike():
-    net = _tiny()
+    net = tiny_denoiser(std=0.2)
     labels = torch.randint(0, 4, (2, 32, 32))
     one_hot = F.one_hot(labels, 4).permute(0, 3, 1, 2).float()
     with torch.no_grad():
@@ -58,7 +35,7 @@ def test_label_maps_and_one_hot_masks_encode_alike():
 
 
 def test_the_mask_changes_the_prediction():
-    net = _tiny()
+    net = tiny_denoiser(std=0.2)
     x = torch.randn(1, 3, 8, 8)
     t = torch.tensor([500])
     with torch.no_grad():
@@ -70,7 +47,7 @@ def test_the_mask_changes_the_prediction():
 
 
 def test_scalar_timestep_is_shared_by_the_batch():
-    net = _tiny()
+    net = tiny_denoiser(std=0.2)
     x = torch.randn(3, 3, 8, 8)
     mask = torch.randint(0, 4, (3, 32, 32))
     with torch.no_grad():
@@ -80,7 +57,7 @@ def test_scalar_timestep_is_shared_by_the_batch():
 
 
 def test_null_context_is_one_learned_sequence_for_every_sample():
-    net = _tiny()
+    net = tiny_denoiser(std=0.2)
     null = net.null_context(5)
     assert null.shape == (5, 16, 32)
     assert torch.equal(null[0], null[4])
@@ -89,7 +66,7 @@ def test_null_context_is_one_learned_sequence_for_every_sample():
 
 
 def test_drop_context_swaps_in_null_tokens_at_the_given_rate():
-    net = _tiny()
+    net = tiny_denoiser(std=0.2)
     ctx = net.encode_mask(torch.randint(0, 4, (400, 8, 8)))
     out = net.drop_context(ctx, 0.25, generator=torch.Generator().manual_seed(0))
     dropped = (out == net.null_context(400)).all(dim=(1, 2))
@@ -100,7 +77,7 @@ def test_drop_context_swaps_in_null_tokens_at_the_given_rate():
 
 
 def test_needs_exactly_one_of_mask_and_context():
-    net = _tiny()
+    net = tiny_denoiser(std=0.2)
     x = torch.randn(1, 3, 8, 8)
     mask = torch.zeros(1, 32, 32, dtype=torch.long)
     with pytest.raises(ValueError, match="exactly one"):
@@ -110,26 +87,14 @@ def test_needs_exactly_one_of_mask_and_context():
 
 
 def test_rejects_labels_outside_the_classes():
-    net = _tiny()
+    net = tiny_denoiser(std=0.2)
     with pytest.raises(ValueError, match=r"0\.\.3, got values 0\.\.4"):
         net.encode_mask(torch.tensor([[[0, 4], [1, 2]]]))
 
 
 def test_rejects_parts_that_do_not_fit():
-    unet = DiffusionModelUNet(
-        spatial_dims=2,
-        in_channels=3,
-        out_channels=3,
-        channels=(16, 32),
-        attention_levels=(False, True),
-        num_res_blocks=1,
-        num_head_channels=16,
-        norm_num_groups=8,
-        with_conditioning=True,
-        cross_attention_dim=48,
-    )
     with pytest.raises(ValueError, match="cross_attention_dim"):
-        MaskConditionedUNet(unet, MaskEncoder(context_dim=32, channels=(16, 32)))
+        MaskConditionedUNet(tiny_unet(cross_attention_dim=48), MaskEncoder(context_dim=32, channels=(16, 32)))
 
 
 def test_toy_factory_is_about_two_million_parameters_and_runs_on_16px_latents():
@@ -142,7 +107,7 @@ def test_toy_factory_is_about_two_million_parameters_and_runs_on_16px_latents():
 
 
 def test_cond_drop_prob_drops_masks_only_in_training_and_only_for_mask_input():
-    net = _tiny()
+    net = tiny_denoiser(std=0.2)
     net.cond_drop_prob = 1.0
     x = torch.randn(2, 3, 8, 8)
     t = torch.tensor([100, 100])
