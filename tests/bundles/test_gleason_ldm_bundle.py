@@ -12,8 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from bundle_utils import BUNDLES, bundle_run, missing_metadata
-from monai.bundle import ConfigWorkflow
+from bundle_utils import BUNDLES, bundle_run, check_workflow, missing_metadata, single_rank_world
 from PIL import Image
 
 from monai_disc.engines import latest_checkpoint
@@ -38,27 +37,17 @@ def test_metadata_has_every_mandatory_field():
     ],
 )
 def test_config_workflows_have_required_properties(configs, workflow_type, toy_root, tmp_path, monkeypatch):
-    if "multi_gpu_train.yaml" in configs:  # a one-process group, as torchrun would describe it
-        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.setenv("MASTER_PORT", str(29500 + os.getpid() % 1000))
     dataset_dir = toy_root
     if workflow_type == "infer":  # a folder of masks
         dataset_dir = tmp_path
         Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "mask.png")
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / c) for c in configs],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=False,
-        workflow_type=workflow_type,
-        dataset_dir=str(dataset_dir),
-        output_dir=str(tmp_path / "out"),
-    )
-    workflow.initialize()
-    try:
-        assert workflow.check_properties() in (None, [])
-    finally:
-        workflow.finalize()
+    files = [str(CONFIGS / c) for c in configs]
+    override = {"dataset_dir": str(dataset_dir), "output_dir": str(tmp_path / "out")}
+    if "multi_gpu_train.yaml" in configs:
+        with single_rank_world(monkeypatch):
+            check_workflow(files, workflow_type, CONFIGS / "metadata.json", **override)
+    else:
+        check_workflow(files, workflow_type, CONFIGS / "metadata.json", **override)
 
 
 @pytest.fixture(scope="module")
