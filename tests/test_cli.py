@@ -37,6 +37,7 @@ def test_generate_slides_balances_every_primary_grade_and_resumes(tmp_path, toy_
     import pandas as pd
 
     from monai_disc.data import load_sicapv2_slides
+    from monai_disc.labels import LABEL_NAMES
 
     out = tmp_path / "synthetic"
     args = ["generate-slides", "--data", str(toy_root), "--out", str(out), "--target", "4", "--tiles", "2", "3"]
@@ -46,7 +47,8 @@ def test_generate_slides_balances_every_primary_grade_and_resumes(tmp_path, toy_
     manifest = pd.read_csv(out / "sd" / "manifest.csv")
     real = pd.Series([s["primary"] for s in load_sicapv2_slides(toy_root)]).map({0: 0, 3: 1, 4: 2, 5: 3})
     real_counts = real.value_counts()
-    counts = real_counts.add(manifest["primary"].value_counts(), fill_value=0)
+    synthetic = manifest["primary"].map(LABEL_NAMES.index)  # the manifest names grades: NC, GG3, ...
+    counts = real_counts.add(synthetic.value_counts(), fill_value=0)
     for grade in range(4):  # grades under the target are filled up to it exactly, the others left alone
         assert counts.get(grade, 0) == max(4, real_counts.get(grade, 0))
     assert set(manifest["generator"]) == {"SD"} and manifest["n_tiles"].between(2, 3).all()
