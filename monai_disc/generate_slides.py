@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from monai_disc.distributed import resolve_rank
 from monai_disc.io import atomic_write_text
 from monai_disc.labels import LABEL_NAMES
 from monai_disc.sampling import ShapeBank, SlidePlan, manifest_rows
@@ -140,25 +141,6 @@ def generator_name(generator: Any) -> str:
 def tile_name(index: int) -> str:
     """File name of tile `index` of a slide (zero-padded, so name order is plan order)."""
     return f"{int(index):04d}.png"
-
-
-def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world size) of this process: the arguments, else torch.distributed, else torchrun's RANK and
-    WORLD_SIZE variables, else (0, 1).
-
-    Raises:
-        ValueError: a world size below 1 or a rank outside [0, world size).
-    """
-    dist = torch.distributed
-    initialised = dist.is_available() and dist.is_initialized()
-    if world_size is None:
-        world_size = dist.get_world_size() if initialised else int(os.environ.get("WORLD_SIZE", 1))
-    if rank is None:
-        rank = dist.get_rank() if initialised else int(os.environ.get("RANK", 0))
-    rank, world_size = int(rank), int(world_size)
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
-    return rank, world_size
 
 
 def shard_plans(plans: Sequence[SlidePlan], rank: int, world_size: int) -> list[SlidePlan]:

@@ -269,8 +269,8 @@ def lambda_sweep(
     """
     from tqdm.auto import tqdm
 
+    from monai_disc.distributed import resolve_rank
     from monai_disc.engines.mil import as_feature_bags, evaluate_transmil, train_transmil
-    from monai_disc.generate_slides import resolve_rank
 
     lams = list(dict.fromkeys(_lam_key(lam) for lam in lambdas))
     if not lams or not seeds:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from monai_disc.distributed import resolve_rank
 from monai_disc.inferers.mask_ldm import MaskLDMSampler
 from monai_disc.inferers.separated import SeparatedConditionInferer
 from monai_disc.io import atomic_torch_save, atomic_write_text
@@ -39,7 +40,6 @@ __all__ = [
     "DISTILL_SEEDS_CSV",
     "DistillationSet",
     "distill_seed",
-    "distributed_rank",
     "shard_name",
     "write_distillation_set",
 ]
@@ -72,24 +72,6 @@ def distill_seed(seed: int, index: int) -> int:
 def shard_name(shard: int) -> str:
     """File name of shard ``shard``: ``shard_00000.pt``."""
     return f"shard_{int(shard):05d}.pt"
-
-
-def distributed_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world size): as given, else from an initialised ``torch.distributed``, else torchrun's RANK/WORLD_SIZE.
-
-    Raises:
-        ValueError: unless 0 <= rank < world_size.
-    """
-    dist = torch.distributed
-    initialised = dist.is_available() and dist.is_initialized()
-    if world_size is None:
-        world_size = dist.get_world_size() if initialised else int(os.environ.get("WORLD_SIZE", 1))
-    if rank is None:
-        rank = dist.get_rank() if initialised else int(os.environ.get("RANK", 0))
-    rank, world_size = int(rank), int(world_size)
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
-    return rank, world_size
 
 
 def _size2(size: int | Sequence[int]) -> list[int]:
@@ -186,7 +168,7 @@ def write_distillation_set(
         size = _size2(image_size)
     if size[0] % shape[1] or size[1] % shape[2]:
         raise ValueError(f"image_size {tuple(size)} is not a multiple of the latent size {tuple(shape[1:])}.")
-    rank, world_size = distributed_rank(rank, world_size)
+    rank, world_size = resolve_rank(rank, world_size)
     sampler = sampler if sampler is not None else MaskLDMSampler(progress=False)
     inferer = SeparatedConditionInferer(sampler)
     num_classes = int(denoiser.num_classes)

@@ -419,7 +419,7 @@ def extract_bag_features(
         out_dir: the cache folder (layout in the module docstring); one folder per extractor.
         batch_size: tiles per forward pass; batches span slide boundaries.
         rank, world_size: this process's shard (rank r takes slides r, r + W, ...); None reads torch.distributed
-            or torchrun's ``RANK``/``WORLD_SIZE`` (see :func:`monai_disc.generate_slides.resolve_rank`).
+            or torchrun's ``RANK``/``WORLD_SIZE`` (see :func:`monai_disc.distributed.resolve_rank`).
         progress: show a tqdm bar over this rank's tiles.
         device: where the extractor runs; None keeps the extractor's device.
         dtype: storage type of the features (float16 halves the cache; TransMIL casts them back).
@@ -436,7 +436,7 @@ def extract_bag_features(
         FileNotFoundError: a tile that cannot be read (raised by the loader, naming the file).
     """
     from monai_disc.data.tilesets import tile_loader
-    from monai_disc.generate_slides import resolve_rank
+    from monai_disc.distributed import resolve_rank
 
     _check_slide_ids(bags)
     if batch_size < 1:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from support import tiny_denoiser
 
-from monai_disc.engines.distill import DistillationSet, distill_seed, distributed_rank, write_distillation_set
+from monai_disc.distributed import resolve_rank as distributed_rank
+from monai_disc.engines.distill import DistillationSet, distill_seed, write_distillation_set
 from monai_disc.inferers.mask_ldm import MaskLDMSampler
 from monai_disc.inferers.separated import SeparatedConditionInferer
 
