@@ -184,6 +184,33 @@ class MaskLDMSampler:
             x, _ = scheduler.step(eps, t, x)
         return x
 
+    def initial_noise(
+        self,
+        masks: Tensor,
+        autoencoder: nn.Module,
+        denoiser: nn.Module,
+        seeds: Sequence[int] | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """z_T for label maps (B, H, W) on the denoiser's device: from `seeds` (drawn from torch's global generator
+        when neither is given) or the given `noise`, checked against the latent shape.
+
+        Raises:
+            ValueError: if seeds or noise do not match the masks.
+        """
+        b = masks.shape[0]
+        device = next(denoiser.parameters()).device
+        shape = latent_shape_for(autoencoder, masks.shape[-2:], denoiser.in_channels)
+        if noise is None:
+            if seeds is None:
+                seeds = torch.randint(0, 2**31 - 1, (b,)).tolist()
+            if len(seeds) != b:
+                raise ValueError(f"{len(seeds)} seeds for {b} masks.")
+            return self.make_noise(seeds, shape, device)
+        if tuple(noise.shape) != (b, *shape):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {(b, *shape)} for these masks.")
+        return noise.to(device)
+
     @torch.no_grad()
     def sample(
         self,
@@ -216,16 +243,7 @@ class MaskLDMSampler:
             raise ValueError(f"masks must be label maps (B, H, W) or (B, 1, H, W), got shape {tuple(masks.shape)}.")
         b = masks.shape[0]
         device = next(denoiser.parameters()).device
-        shape = latent_shape_for(autoencoder, masks.shape[-2:], denoiser.in_channels)
-        if noise is None:
-            if seeds is None:
-                seeds = torch.randint(0, 2**31 - 1, (b,)).tolist()
-            if len(seeds) != b:
-                raise ValueError(f"{len(seeds)} seeds for {b} masks.")
-            noise = self.make_noise(seeds, shape, device)
-        elif tuple(noise.shape) != (b, *shape):
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {(b, *shape)} for these masks.")
-        noise = noise.to(device)
+        noise = self.initial_noise(masks, autoencoder, denoiser, seeds, noise)
 
         context = denoiser.encode_mask(masks.to(device))
         null_context = denoiser.null_context(b) if self.guidance_scale != 1.0 else None

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from monai_disc.inferers.mask_ldm import MaskLDMSampler, latent_shape_for
+from monai_disc.inferers.mask_ldm import MaskLDMSampler
 from monai_disc.transforms.functional import labels_at_size
 
 __all__ = ["SeparatedConditionInferer", "fuse_latents", "present_labels", "uniform_masks"]
@@ -278,18 +278,9 @@ class SeparatedConditionInferer:
             ValueError: if masks, seeds or noise do not fit together.
         """
         masks = _label_map(masks, "masks")
-        b = masks.shape[0]
         device = next(denoiser.parameters()).device
-        shape = latent_shape_for(autoencoder, masks.shape[-2:], denoiser.in_channels)
-        if noise is None:
-            if seeds is None:
-                seeds = torch.randint(0, 2**31 - 1, (b,)).tolist()
-            if len(seeds) != b:
-                raise ValueError(f"{len(seeds)} seeds for {b} masks.")
-            noise = self.sampler.make_noise(seeds, shape, device)
-        elif tuple(noise.shape) != (b, *shape):
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {(b, *shape)} for these masks.")
-        out = self.sample_latents(noise.to(device), masks.to(device), denoiser, return_separated)
+        noise = self.sampler.initial_noise(masks, autoencoder, denoiser, seeds, noise)
+        out = self.sample_latents(noise, masks.to(device), denoiser, return_separated)
         fused, separated = out if isinstance(out, tuple) else (out, None)
         tiles = self.decode(fused, autoencoder)
         return (tiles, separated) if separated is not None else tiles
