@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointLoader
 
 __all__ = ["latest_checkpoint", "ResumableCheckpoint"]
 
@@ -69,21 +70,24 @@ class ResumableCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         objects = {**self.save_dict, self.engine_key: engine}
-        saver = CheckpointSaver(
-            save_dir=str(self.ckpt_dir),
-            save_dict=objects,
-            save_interval=self.interval,
-            epoch_level=False,
+        # ignite's DiskSaver with atomic writes (MONAI's CheckpointSaver writes in place, so a kill mid-save
+        # would leave a truncated newest checkpoint to resume from)
+        saver = Checkpoint(
+            objects,
+            DiskSaver(str(self.ckpt_dir), atomic=True, require_empty=False),
+            filename_prefix="",  # ignite names a multi-object checkpoint "checkpoint"
+            score_function=lambda e: e.state.iteration,
+            score_name="iteration",
             n_saved=self.n_saved,
         )
-        saver.attach(engine)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), saver)
         # a run that ends early (time limit, early stopping) saves where it stopped, so a longer rerun loses nothing
         engine.add_event_handler(Events.COMPLETED, self._save_last, saver)
         engine.add_event_handler(Events.STARTED, self.resume, objects)
 
-    def _save_last(self, engine: Engine, saver: CheckpointSaver) -> None:
+    def _save_last(self, engine: Engine, saver: Checkpoint) -> None:
         if engine.state.iteration % self.interval:
-            saver.interval_completed(engine)
+            saver(engine)
 
     def resume(self, engine: Engine, objects: dict) -> None:
         path = latest_checkpoint(self.ckpt_dir)
