@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from monai_disc.data import load_sicapv2
 from monai_disc.generate_slides import LDMGenerator
+from monai_disc.generators import GENERATORS
 from monai_disc.inferers import MaskLDMSampler, SeparatedConditionInferer
 from monai_disc.io import atomic_torch_save, atomic_write_text
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
@@ -60,8 +61,8 @@ __all__ = [
     "run_comparison",
 ]
 
-# The four generators of the paper, in the order of its tables and of Figure 5.
-GENERATOR_NAMES: tuple[str, ...] = ("SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain")
+# The four generators of the paper, in the order of its tables and of Figure 5 (named once, in generators.py).
+GENERATOR_NAMES: tuple[str, ...] = tuple(display for display, _, _ in GENERATORS.values())
 
 # The CarcinoNet ruler's weights, relative to the bundles folder (the generators': monai_disc.generators).
 RULER_WEIGHTS = "carcinonet/models/model.pt"
@@ -564,7 +565,7 @@ def run_comparison(
     Raises:
         FileNotFoundError: when the SD, autoencoder or ruler weights are missing.
     """
-    from monai_disc.generators import GENERATORS, load_generator, load_weights
+    from monai_disc.generators import load_generator, load_weights
     from monai_disc.networks import carcinonet_toy
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
