@@ -10,6 +10,7 @@ from .generation import MaskBatch, MaskLDMInferer, SaveTilesHandler, mask_seed, 
 from .ldm import (
     LatentDiffusionPrepareBatch,
     SampleGridHandler,
+    draw_timesteps,
     mask_tile_grid,
     preview_masks,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "loss_parts",
     "mix_losses",
     "LatentDiffusionPrepareBatch",
+    "draw_timesteps",
     "ResumableCheckpoint",
     "ScaleFactorHandler",
     "TimeLimitHandler",

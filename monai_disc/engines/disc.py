@@ -25,6 +25,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.networks.schedulers import Scheduler
 
+from monai_disc.engines.ldm import draw_timesteps
 from monai_disc.inferers.separated import fuse_latents
 from monai_disc.labels import NUM_CLASSES
 from monai_disc.sampling import RandomState, ShapeBank, resize_nearest
@@ -115,6 +116,8 @@ class DISCPrepareBatch:
             this is attached to (:meth:`attach`), so a validation loss is comparable between epochs; None draws
             the mask generator's seed from torch's global generator (reproducible under ``set_determinism``) and
             the noise from torch's global generator.
+        snr_gamma: min-SNR-gamma weighting of the timesteps, as the SD training used (see
+            :func:`monai_disc.engines.draw_timesteps`); ``None`` is uniform.
 
     Raises:
         ValueError: on labels outside 0..3 or no drawable label.
@@ -131,8 +134,10 @@ class DISCPrepareBatch:
         concentration: float | Sequence[float] = 1.0,
         crop: bool = False,
         seed: int | None = None,
+        snr_gamma: float | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.snr_gamma = snr_gamma
         self.crop = crop
         self.bank = bank if isinstance(bank, ShapeBank) else ShapeBank.load(bank)
         if image_size is None:
@@ -201,7 +206,6 @@ class DISCPrepareBatch:
         if self.seed is not None and self.generator is None:
             self.reset()
         noise = torch.randn(z0.shape, generator=self.generator, dtype=z0.dtype).to(z0.device)
-        n_train = self.scheduler.num_train_timesteps
-        timesteps = torch.randint(0, n_train, (z0.shape[0],), generator=self.generator).to(z0.device)
+        timesteps = draw_timesteps(self.scheduler, z0.shape[0], self.generator, self.snr_gamma).to(z0.device)
         noisy = self.scheduler.add_noise(original_samples=z0, noise=noise, timesteps=timesteps)
         return noisy, noise, (), {"timesteps": timesteps, "mask": masks}

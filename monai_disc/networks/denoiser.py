@@ -196,7 +196,11 @@ def _build(
 
 
 def mask_ldm_toy(
-    latent_channels: int = 3, num_classes: int = 4, cond_drop_prob: float = 0.0, **unet_kwargs: Any
+    latent_channels: int = 3,
+    num_classes: int = 4,
+    cond_drop_prob: float = 0.0,
+    token_grid: int = 8,
+    **unet_kwargs: Any,
 ) -> MaskConditionedUNet:
     """A ~1.8 M-parameter denoiser for 3x16x16 latents of 64 px tiles: the embedded default, trainable on a CPU.
 
@@ -225,7 +229,7 @@ def mask_ldm_toy(
         num_classes,
         cond_drop_prob,
         cfg,
-        {"context_dim": 64, "channels": (32, 64, 64), "token_grid": 8},
+        {"context_dim": 64, "channels": (32, 64, 64), "token_grid": token_grid},
     )
 
 
