@@ -2,7 +2,8 @@
 
 Builds (or reuses) the toy SICAPv2 set, writes its contact sheet, prints its summary, draws SD tiles for
 held-out toy masks, grades real and generated tiles with the CarcinoNet ruler, draws a few planned synthetic
-slides, compares the four generators when their weights are shipped, and writes the pictures.
+slides, runs a small lambda sweep of the toy TransMIL with them (the paper's Figure 6 in miniature), compares
+the four generators when their weights are shipped, and writes the pictures.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from PIL import Image
 
 from monai_disc.compare import format_comparison, held_out_masks, run_comparison
 from monai_disc.data import format_summary, load_sicapv2, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
+from monai_disc.data.tilesets import load_sicapv2_bags, load_synthetic_bags
 from monai_disc.generate_slides import IMAGES_DIR, MASKS_DIR, generate_slides
 from monai_disc.generators import GENERATORS, load_generator, load_weights
 from monai_disc.inferers import MaskLDMSampler
 from monai_disc.labels import LABEL_NAMES, colorize
 from monai_disc.metrics import MaskFidelity
-from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
+from monai_disc.networks import build_extractor, carcinonet_toy, extract_bag_features, mask_ldm_toy, vq_f4_toy
 from monai_disc.sampling import ShapeBank, plan_synthetic_slides
+from monai_disc.sweep import format_sweep, lambda_sweep
 from monai_disc.visualize import overlay, save_grid
 
 __all__ = ["run_demo"]
@@ -103,6 +106,7 @@ def run_demo(
         titles=["tile", "truth", "CarcinoNet"],
     )
     figures["synthetic_slides"] = _synthetic_slides(root, out / "synthetic_slides", bundles, steps)
+    figures["lambda_sweep"] = _lambda_sweep(root, out, out / "synthetic_slides", bundles, seed)
     if all((bundles / weights).is_file() for _, weights, _ in GENERATORS.values()):
         result = run_comparison(root, out / "compare", bundles=bundles, num_masks=num_tiles, steps=steps, seed=seed)
         print(format_comparison(result))
@@ -112,7 +116,7 @@ def run_demo(
     return figures
 
 
-def _synthetic_slides(root: Path, out: Path, bundles: Path, steps: int, num_slides: int = 2) -> str:
+def _synthetic_slides(root: Path, out: Path, bundles: Path, steps: int, num_slides: int = 8) -> str:
     """A few planned synthetic slides drawn by SD, and one slide's tiles beside their masks as a grid."""
     bank = ShapeBank.from_data_list(load_sicapv2(root, "Test", "Train"), size=64)
     plans = plan_synthetic_slides(root, bank, target=100, n_tiles=(8, 12))[:num_slides]
@@ -126,3 +130,26 @@ def _synthetic_slides(root: Path, out: Path, bundles: Path, steps: int, num_slid
     grid = save_grid([tiles, masks], out / "slide_grid.png")
     print(f"{len(plans)} synthetic slides in {out} ({seconds:.2f} s per tile); {plans[0].slide_id}: {grid}")
     return str(grid)
+
+
+def _lambda_sweep(root: Path, out: Path, slides: Path, bundles: Path, seed: int) -> str:
+    """Toy TransMIL on real bags, alone (lambda 0) and mixed with the SD slides, on the bundle's real splits.
+
+    Real bags: Val1/Train to train, Val1/Test to validate, Test/Test to score (as bundle transmil's
+    extract_features.yaml); features from the toy CarcinoNet encoder for real and synthetic tiles alike.
+    """
+    extractor = build_extractor("carcinonet_toy", weights=bundles / "carcinonet" / "models" / "model.pt")
+    features = out / "features"
+    real = {"train": ("Val1", "Train"), "val": ("Val1", "Test"), "test": ("Test", "Test")}
+    for name, (partition, split) in real.items():
+        extract_bag_features(load_sicapv2_bags(root, partition, split), extractor, features / name, progress=False)
+    extract_bag_features(load_synthetic_bags(slides), extractor, features / "sd", progress=False)
+    start = time.perf_counter()
+    summary = lambda_sweep(
+        features / "train", features / "val", {"toy": features / "test"}, {"sd": features / "sd"},
+        lambdas=(0.0, 0.3, 0.7), seeds=(seed,), out_dir=out / "lambda_sweep", progress=False,
+        network="transmil_toy", max_epochs=20, patience=5, tensorboard=False,
+    )  # fmt: skip
+    print(format_sweep(summary))
+    print(f"lambda sweep: {time.perf_counter() - start:.0f} s; {out / 'lambda_sweep' / 'sweep.png'}")
+    return str(out / "lambda_sweep" / "sweep.md")
