@@ -6,7 +6,8 @@
 
 Seams are read as the ratio of the tile's mean gradient magnitude in a 2 px band around label boundaries to
 that elsewhere; the real tiles under the same masks give the reference ratio. Fidelity is the CarcinoNet
-ruler's mIoU against the conditioning masks. All variants share masks and noise seeds.
+ruler's mIoU against the conditioning masks, realism the FID on the ruler's encoder features against 256 held-out
+real tiles (as ``monai-disc compare-generators``). All variants share masks and noise seeds.
 
     python bench/bench_variants.py --data demo_out/toy --bundles bundles --masks 16 --steps 50 [--cfg-weights W]
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from monai_disc.compare import held_out_masks
+from monai_disc.compare import held_out_masks, ruler_features, ruler_fid
 from monai_disc.generators import load_weights
 from monai_disc.inferers import MaskLDMSampler, SeparatedConditionInferer
 from monai_disc.metrics import MaskFidelity
@@ -56,6 +57,12 @@ def main() -> None:
     sd = load_weights(mask_ldm_toy(), bundles / "gleason_ldm/models/model.pt")
     ruler = load_weights(carcinonet_toy(), bundles / "carcinonet/models/model.pt")
     masks, real = held_out_masks(args.data, args.masks, size=64)
+    _, reference = held_out_masks(args.data, 256, min_labels=1, size=64)
+    reference_features = ruler_features(ruler, reference, batch_size=32)
+
+    def fid(tiles: torch.Tensor) -> float:
+        return ruler_fid(ruler_features(ruler, tiles, batch_size=32), reference_features)
+
     seeds = list(range(len(masks)))
 
     def plain(guidance: float = 1.0) -> MaskLDMSampler:
@@ -72,16 +79,17 @@ def main() -> None:
     }
     if args.cfg_weights:
         cfg = load_weights(mask_ldm_toy(), args.cfg_weights)
-        variants.update({f"CFG-trained, guidance {g}": (plain(g), cfg) for g in (1.0, 2.0, 4.0)})
+        variants.update({f"CFG-trained, guidance {g}": (plain(g), cfg) for g in (1.0, 2.0, 3.0, 4.0)})
 
     print(f"{len(masks)} held-out 64 px masks with two or more labels, {args.steps} DDIM steps, CPU")
-    print("| variant | mIoU | pixel accuracy | boundary/interior gradient | s/tile |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| variant | mIoU | pixel accuracy | FID | boundary/interior gradient | s/tile |")
+    print("| --- | --- | --- | --- | --- | --- |")
     fidelity = MaskFidelity(ruler)
     fidelity(real, masks)
     scores = fidelity.aggregate()
     print(
-        f"| real tiles | {scores['miou']:.3f} | {scores['pixel_accuracy']:.3f} | {boundary_ratio(real, masks):.3f} | - |"
+        f"| real tiles | {scores['miou']:.3f} | {scores['pixel_accuracy']:.3f} | {fid(real):.2f} "
+        f"| {boundary_ratio(real, masks):.3f} | - |"
     )
     for name, (sampler, denoiser) in variants.items():
         start = time.perf_counter()
@@ -91,7 +99,10 @@ def main() -> None:
         fidelity(tiles, masks)
         scores = fidelity.aggregate()
         ratio = boundary_ratio(tiles, masks)
-        print(f"| {name} | {scores['miou']:.3f} | {scores['pixel_accuracy']:.3f} | {ratio:.3f} | {seconds:.2f} |")
+        print(
+            f"| {name} | {scores['miou']:.3f} | {scores['pixel_accuracy']:.3f} | {fid(tiles):.2f} | {ratio:.3f} "
+            f"| {seconds:.2f} |"
+        )
 
 
 if __name__ == "__main__":

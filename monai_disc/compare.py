@@ -57,6 +57,7 @@ __all__ = [
     "format_comparison",
     "held_out_masks",
     "make_generators",
+    "ruler_features",
     "ruler_fid",
     "run_comparison",
 ]
@@ -205,7 +206,7 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def _ruler_features(ruler: nn.Module, tiles: Tensor, batch_size: int) -> Tensor:
+def ruler_features(ruler: nn.Module, tiles: Tensor, batch_size: int) -> Tensor:
     """(N, C) pooled encoder features (``ruler.encode``) of tiles, in eval mode, on the CPU as float64."""
     if not callable(getattr(ruler, "encode", None)):
         raise TypeError(f"the ruler {type(ruler).__name__} has no encode(tiles) -> (B, C) features method.")
@@ -314,7 +315,7 @@ def _run_generator(
             raise ValueError(f"generator {name!r} returned {got} for {len(batch)} masks of {tuple(batch.shape[-2:])}.")
         tiles = tiles.detach().float()
         fidelity(tiles, batch)
-        features.append(_ruler_features(ruler, tiles, batch_size))
+        features.append(ruler_features(ruler, tiles, batch_size))
         grid.extend(t.cpu() for t in tiles[: max(0, grid_rows - len(grid))])
     scores = fidelity.aggregate()
     return {
@@ -399,7 +400,7 @@ def compare_generators(
     parts_dir = out / _PARTS_DIR
     parts_dir.mkdir(parents=True, exist_ok=True)
 
-    real_features = _ruler_features(ruler, real_tiles.float(), batch_size)
+    real_features = ruler_features(ruler, real_tiles.float(), batch_size)
     ruler_digest = _digest(ruler)
     data_digest = _digest(masks, seeds, steps, ruler_digest, grid_rows)
     rows: dict[str, dict[str, Any]] = {}
@@ -428,7 +429,7 @@ def compare_generators(
         fidelity(mask_tiles, masks)
         scores = fidelity.aggregate()
         reference = {k: scores[k] for k in ("iou", "miou", "pixel_accuracy", "confusion_matrix")}
-        reference["fid"] = ruler_fid(_ruler_features(ruler, mask_tiles, batch_size), real_features)
+        reference["fid"] = ruler_fid(ruler_features(ruler, mask_tiles, batch_size), real_features)
         reference["seconds_per_tile"] = None
 
     label_counts = [len(torch.unique(m)) for m in masks]
