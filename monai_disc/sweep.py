@@ -196,7 +196,8 @@ def format_sweep(summary: pd.DataFrame) -> str:
 
 
 def plot_sweep(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """AUROC against lambda per generator, mean line and a band of ± one std over seeds; one row per test set.
+    """AUROC against lambda per generator, mean line and a band of ± one std over seeds (clipped to the AUROC's
+    range); one row per test set.
 
     Args:
         summary: from :func:`summarize_sweep`.
@@ -217,7 +218,8 @@ def plot_sweep(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
                 curve = curve.sort_values("lam")
                 mean, std = curve[f"{metric}_mean"] * 100, curve[f"{metric}_std"].fillna(0.0) * 100
                 (line,) = ax.plot(curve["lam"], mean, marker="o", label=str(generator))
-                ax.fill_between(curve["lam"], mean - std, mean + std, color=line.get_color(), alpha=0.15)
+                low, high = (mean - std).clip(lower=0.0), (mean + std).clip(upper=100.0)
+                ax.fill_between(curve["lam"], low, high, color=line.get_color(), alpha=0.15)
             ax.set_xlabel("lambda")
             ax.set_ylabel(f"{title} (x 100)")
             ax.set_title(f"{test}: {title}")
