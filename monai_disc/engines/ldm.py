@@ -30,8 +30,8 @@ def draw_timesteps(
     Min-SNR-gamma (Hang et al., 2023) weights the eps loss at step t by ``min(SNR(t), gamma) / SNR(t)``: the
     nearly noise-free steps, whose large and mostly unpredictable eps error otherwise dominates the gradient, count
     less, and the noisy steps that decide a tile's layout (and so whether it follows its mask) count more. Drawing
-    t with probability proportional to that weight gives the same expected gradient as weighting the loss, so the
-    stock trainer's plain MSE stays.
+    t with probability proportional to that weight gives the expected gradient of the weighted loss (up to a
+    constant factor that the learning rate absorbs), so the stock trainer's plain MSE stays.
 
     Args:
         scheduler: the training schedule (``alphas_cumprod``, ``num_train_timesteps``).
