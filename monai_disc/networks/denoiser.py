@@ -211,6 +211,8 @@ def mask_ldm_toy(
         latent_channels: channels of the autoencoder's latents.
         num_classes: number of mask labels.
         cond_drop_prob: mask dropout in training, for classifier-free guidance (see :class:`MaskConditionedUNet`).
+        token_grid: side of the mask token grid (8: one token per 8 x 8 px of a 64 px tile; the shipped weights
+            use 8).
         unet_kwargs: overrides of the ``DiffusionModelUNet`` arguments.
 
     Returns:
