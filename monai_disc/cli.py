@@ -62,7 +62,7 @@ def _compare_generators(args: argparse.Namespace) -> None:
 
     result = run_comparison(
         args.data, args.out, bundles=args.bundles, num_masks=args.masks, steps=args.steps, seed=args.seed,
-        size=args.tile_size, resume=args.resume,
+        size=args.tile_size, resume=args.resume, guidance_scale=args.guidance,
     )  # fmt: skip
     print(format_comparison(result))
 
@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=64, help="tile size the generators draw")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps per tile")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (1: plain sampling)")
     p.add_argument("--resume", action="store_true", help="reuse stored results of unchanged generators")
     p.set_defaults(func=_compare_generators)
 

@@ -342,6 +342,7 @@ def compare_generators(
     steps: int | None = None,
     ruler_name: str | None = None,
     grid_rows: int = 6,
+    guidance_scale: float | None = None,
     warmup: bool = True,
     resume: bool = False,
     mask_tiles: Tensor | None = None,
@@ -362,6 +363,7 @@ def compare_generators(
         steps: the generators' DDIM steps, for the record.
         ruler_name: how the table names the ruler; defaults to its class, size and a digest of its weights.
         grid_rows: masks shown in the picture grid.
+        guidance_scale: the generators' classifier-free guidance weight, for the record.
         warmup: run each generator once on the first mask, untimed, before timing it.
         resume: reuse a generator's stored results from an earlier run in ``out_dir`` when its name, class,
             network weights, the masks, seeds, steps and the ruler all match.
@@ -443,6 +445,7 @@ def compare_generators(
         "labels_per_mask": [min(label_counts), float(np.mean(label_counts)), max(label_counts)],
         "seeds": seeds,
         "steps": steps,
+        "guidance_scale": guidance_scale,
         "ruler": ruler_name or _ruler_name(ruler),
         "feature_dim": int(real_features.shape[1]),
         "num_real_tiles": int(real_tiles.shape[0]),
@@ -512,6 +515,8 @@ def format_comparison(result: Mapping[str, Any], timing: bool = True) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lo, mean, hi = result["labels_per_mask"]
     steps = "steps not recorded" if result.get("steps") is None else f"{result['steps']} DDIM steps"
+    if result.get("guidance_scale") not in (None, 1.0):
+        steps += f", guidance {result['guidance_scale']:g}"
     h, w = result["mask_size"]
     lines += [
         "",
@@ -538,6 +543,7 @@ def run_comparison(
     num_real: int = 256,
     device: str | None = None,
     resume: bool = False,
+    guidance_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Compare SD, SD-SC and, where their weights exist, SD-DISC and SD-DISC-CoTrain from the bundles' weights.
 
@@ -559,6 +565,7 @@ def run_comparison(
         num_real: real tiles for the FID reference.
         device: "cuda" or "cpu"; None picks the GPU when there is one.
         resume: reuse generators finished by an earlier run into ``out_dir``.
+        guidance_scale: classifier-free guidance weight of every generator (1: plain sampling, the paper's).
 
     Returns:
         :func:`compare_generators`'s result.
@@ -573,7 +580,7 @@ def run_comparison(
     root = Path(bundles)
     ruler = load_weights(carcinonet_toy(), root / RULER_WEIGHTS).to(dev)
     generators = {
-        display: load_generator(key, root, steps=steps, device=dev)
+        display: load_generator(key, root, steps=steps, device=dev, guidance_scale=guidance_scale)
         for key, (display, weights, _) in GENERATORS.items()
         if key in ("sd", "sc") or (root / weights).is_file()
     }
@@ -588,6 +595,7 @@ def run_comparison(
         out_dir,
         batch_size=batch_size,
         steps=steps,
+        guidance_scale=guidance_scale,
         ruler_name=f"CarcinoNet toy ({root / RULER_WEIGHTS})",
         resume=resume,
         mask_tiles=mask_tiles,

@@ -34,8 +34,12 @@ def load_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     return network.eval()
 
 
-def load_generator(name: str, bundles: str | Path, steps: int = 50, device: str | torch.device = "cpu") -> LDMGenerator:
+def load_generator(
+    name: str, bundles: str | Path, steps: int = 50, device: str | torch.device = "cpu", guidance_scale: float = 1.0
+) -> LDMGenerator:
     """A toy-sized generator by name ("sd", "sc", "disc", "cotrain") with the weights shipped in `bundles`.
+
+    ``guidance_scale`` is the classifier-free guidance weight (1: plain conditional sampling, the paper's).
 
     Raises:
         ValueError: for an unknown name.
@@ -47,7 +51,7 @@ def load_generator(name: str, bundles: str | Path, steps: int = 50, device: str 
     bundles = Path(bundles)
     autoencoder = load_weights(vq_f4_toy(), bundles / "gleason_ldm" / "models" / "autoencoder.pt").to(device)
     denoiser = load_weights(mask_ldm_toy(), bundles / weights).to(device)
-    sampler = MaskLDMSampler(num_inference_steps=steps, progress=False)
+    sampler = MaskLDMSampler(num_inference_steps=steps, guidance_scale=guidance_scale, progress=False)
     if separated:
         sampler = SeparatedConditionInferer(sampler)
     return LDMGenerator(sampler, autoencoder, denoiser, name=display)

@@ -316,3 +316,22 @@ def test_run_comparison_uses_the_bundles_weights_and_skips_missing_ones(sicap_ro
     assert result["num_masks"] == 2 and result["mask_size"] == [16, 16] and result["seeds"] == [3, 4]
     assert result["num_real_tiles"] == 4 and result["reference"] is not None  # every tile's best crop
     assert (tmp_path / "out" / "compare_grid.png").is_file() and (tmp_path / "out" / "compare.md").is_file()
+
+
+def test_run_comparison_guidance_changes_the_tiles_and_is_recorded(sicap_root, tmp_path):
+    bundles = tmp_path / "bundles"
+    torch.manual_seed(0)
+    weights = {
+        "gleason_ldm/models/autoencoder.pt": vq_f4_toy(),
+        "gleason_ldm/models/model.pt": _randomised(mask_ldm_toy(), 1),
+        RULER_WEIGHTS: carcinonet_toy(),
+    }
+    for path, net in weights.items():
+        (bundles / path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), bundles / path)
+    kwargs = {"bundles": bundles, "num_masks": 2, "steps": 2, "size": 16}
+    plain = run_comparison(sicap_root, tmp_path / "plain", **kwargs)
+    guided = run_comparison(sicap_root, tmp_path / "guided", guidance_scale=3.0, **kwargs)
+    assert plain["guidance_scale"] == 1.0 and guided["guidance_scale"] == 3.0
+    assert "steps, guidance 3;" in format_comparison(guided) and "steps, guidance" not in format_comparison(plain)
+    assert guided["generators"]["SD"]["fid"] != plain["generators"]["SD"]["fid"]  # other tiles

@@ -1,0 +1,188 @@
+"""Why SD-DISC loses mask fidelity on the toy set: fine-tune SD on each kind of target, read the fidelity side by side.
+
+Every arm starts from the shipped SD weights and takes the same AdamW steps (learning rate, batch, min-SNR
+timesteps, seed) on one kind of clean latent under its mask; only the targets differ:
+
+- ``real``: latents of random crops of the real training tiles (continued SD training, the control);
+- ``self``: SD's own samples under random shape-bank masks (self-training, no separated conditions);
+- ``fused``: the DISC targets, separated latents {z_0^k} fused by random masks (Eq. 3);
+- ``self, guided`` and ``fused, guided``: the same drawn with classifier-free guidance ``--guidance``.
+
+For each arm it prints the ruler's mIoU of the targets themselves (decoded) and of plain SD sampling with the
+fine-tuned weights, on random shape-bank masks (the DISC training masks) and on held-out masks. Takes about
+``5 + 4 * iters / 1000`` minutes per arm on one CPU thread at the defaults.
+
+    python bench/bench_self_training.py --data .toy --bundles bundles --sets 512 --iters 1500 --guidance 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from monai.networks.schedulers import DDPMScheduler
+from monai.transforms import Compose, RandFlipd, RandRotate90d, RandSpatialCropd
+
+from monai_disc.compare import held_out_masks
+from monai_disc.data.sicapv2 import load_sicapv2
+from monai_disc.engines import DISCPrepareBatch, DistillationSet, draw_timesteps, write_distillation_set
+from monai_disc.generators import load_weights
+from monai_disc.inferers import LDM_SCHEDULE, MaskLDMSampler, fuse_latents
+from monai_disc.metrics import MaskFidelity
+from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
+from monai_disc.sampling import ShapeBank
+from monai_disc.transforms import sicapv2_tile_transforms
+
+
+def real_targets(data: str, autoencoder: torch.nn.Module, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents and masks of ``n`` random crops (with flips) of the Test partition's Train tiles, as SD trained."""
+    tiles = [sicapv2_tile_transforms()(d) for d in load_sicapv2(data, "Test", "Train")]
+    keys = ["image", "mask"]
+    augment = Compose(
+        [
+            RandSpatialCropd(keys, (size, size), random_size=False),
+            RandFlipd(keys, 0.5, 0),
+            RandFlipd(keys, 0.5, 1),
+            RandRotate90d(keys, 0.5),
+        ]
+    )
+    augment.set_random_state(0)
+    picks = torch.randint(0, len(tiles), (n,), generator=torch.Generator().manual_seed(0))
+    crops = [augment(tiles[int(i)]) for i in picks]
+    images = torch.stack([torch.as_tensor(c["image"]).as_subclass(torch.Tensor).float() for c in crops])
+    masks = torch.stack([torch.as_tensor(c["mask"]).as_subclass(torch.Tensor)[0].long() for c in crops])
+    with torch.no_grad():
+        latents = torch.cat([autoencoder.encode_stage_2_inputs(x) for x in images.split(64)]) * autoencoder.scale_factor
+    return latents, masks
+
+
+def self_targets(sd: torch.nn.Module, masks: torch.Tensor, sampler: MaskLDMSampler) -> torch.Tensor:
+    """SD's own latents under ``masks`` (seeds 10,000 + i)."""
+    out = []
+    for start in range(0, len(masks), 32):
+        batch = masks[start : start + 32]
+        noise = sampler.make_noise(range(10_000 + start, 10_000 + start + len(batch)), (3, 16, 16), "cpu")
+        out.append(sampler.sample_latents(noise, sd.encode_mask(batch), sd))
+    return torch.cat(out)
+
+
+def fine_tune(init: str, targets, iters: int, lr: float, scheduler: DDPMScheduler) -> torch.nn.Module:
+    """AdamW steps from the SD weights on one target source: ``targets(batch_index) -> (z_0, masks)``."""
+    torch.manual_seed(0)
+    net = load_weights(mask_ldm_toy(), init).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    for i in range(iters):
+        z0, masks = targets(i)
+        noise = torch.randn_like(z0)
+        t = draw_timesteps(scheduler, len(z0), None, snr_gamma=1.0)
+        loss = torch.nn.functional.mse_loss(net(scheduler.add_noise(z0, noise, t), t, mask=masks), noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return net.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--bundles", default="bundles")
+    parser.add_argument("--bank", default=None, help="shape bank (.npz); default: built from the Test/Train masks")
+    parser.add_argument("--sets", type=int, default=512, help="target latents (or separated sets) per arm")
+    parser.add_argument("--iters", type=int, default=1500)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--masks", type=int, default=48, help="random and held-out masks to score each arm on")
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    bundles = Path(args.bundles)
+    init = bundles / "gleason_ldm/models/model.pt"
+    autoencoder = load_weights(vq_f4_toy(), bundles / "gleason_ldm/models/autoencoder.pt")
+    sd = load_weights(mask_ldm_toy(), init)
+    ruler = load_weights(carcinonet_toy(), bundles / "carcinonet/models/model.pt")
+    scheduler = DDPMScheduler(**LDM_SCHEDULE)
+    if args.bank is None:
+        bank = ShapeBank.from_data_list(load_sicapv2(args.data, "Test", "Train"), size=128)
+    else:
+        bank = ShapeBank.load(args.bank)
+    # the DISC batch preparation draws the training masks of every arm but "real" (its masks are the tiles')
+    draw = DISCPrepareBatch(scheduler, bank, image_size=64, crop=True, seed=1)
+    score_random = DISCPrepareBatch(scheduler, bank, image_size=64, crop=True, seed=2).masks(args.masks)
+    score_held, _ = held_out_masks(args.data, args.masks, size=64)
+
+    def sampler(guidance: float = 1.0) -> MaskLDMSampler:
+        return MaskLDMSampler(num_inference_steps=args.steps, guidance_scale=guidance, progress=False)
+
+    def miou(latents: torch.Tensor, masks: torch.Tensor) -> float:
+        with torch.no_grad():
+            tiles = autoencoder.decode_stage_2_outputs(latents / autoencoder.scale_factor).clamp(-1, 1)
+        fidelity = MaskFidelity(ruler)
+        fidelity(tiles, masks)
+        return float(fidelity.aggregate()["miou"])
+
+    def sampled(net: torch.nn.Module, masks: torch.Tensor) -> float:
+        plain = sampler()
+        noise = plain.make_noise(range(len(masks)), (3, 16, 16), "cpu")
+        return miou(plain.sample_latents(noise, net.encode_mask(masks), net), masks)
+
+    def pairs(latents: torch.Tensor, masks: torch.Tensor):
+        order = torch.Generator().manual_seed(0)
+
+        def batch(_: int) -> tuple[torch.Tensor, torch.Tensor]:
+            index = torch.randint(0, len(latents), (args.batch,), generator=order)
+            return latents[index], masks[index]
+
+        return batch, miou(latents[:256], masks[:256])
+
+    def fused(separated: torch.Tensor):
+        def batch(_: int) -> tuple[torch.Tensor, torch.Tensor]:
+            masks = draw.masks(args.batch)
+            return fuse_latents(separated[torch.randint(0, len(separated), (args.batch,))], masks), masks
+
+        shown = separated[:256]
+        masks = DISCPrepareBatch(scheduler, bank, image_size=64, crop=True, seed=3).masks(len(shown))
+        return batch, miou(fuse_latents(shown, masks), masks)
+
+    def separated_set(guidance: float, root: Path) -> torch.Tensor:
+        sets = write_distillation_set(
+            root,
+            sd,
+            args.sets,
+            (3, 16, 16),
+            autoencoder,
+            shard_size=args.sets,
+            sampler=sampler(guidance),
+            progress=False,
+        )
+        dataset = DistillationSet(root)
+        return torch.stack([dataset[i]["latents"] for i in range(sets["sets"])])
+
+    def targets(name: str, guidance: float, tmp: Path):
+        """(batch function, the targets' own mIoU) of an arm."""
+        if name == "real":
+            return pairs(*real_targets(args.data, autoencoder, args.sets, 64))
+        if name == "self":
+            masks = draw.masks(args.sets)
+            return pairs(self_targets(sd, masks, sampler(guidance)), masks)
+        return fused(separated_set(guidance, tmp / f"distill_{guidance:g}"))
+
+    arms = [("real", 1.0), ("self", 1.0), ("fused", 1.0), ("self", args.guidance), ("fused", args.guidance)]
+    print(f"SD as shipped: random masks {sampled(sd, score_random):.3f}, held-out {sampled(sd, score_held):.3f}")
+    print("| fine-tuned on | targets' mIoU | mIoU, random masks | mIoU, held-out masks |\n|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, guidance in arms:
+            with torch.no_grad():
+                batches, target_miou = targets(name, guidance, Path(tmp))
+            net = fine_tune(str(init), batches, args.iters, args.lr, scheduler)
+            with torch.no_grad():
+                random_miou, held_miou = sampled(net, score_random), sampled(net, score_held)
+            label = name if guidance == 1.0 else f"{name}, guided {guidance:g}"
+            print(f"| {label} | {target_miou:.3f} | {random_miou:.3f} | {held_miou:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
