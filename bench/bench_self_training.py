@@ -6,7 +6,8 @@ timesteps, seed) on one kind of clean latent under its mask; only the targets di
 - ``real``: latents of random crops of the real training tiles (continued SD training, the control);
 - ``self``: SD's own samples under random shape-bank masks (self-training, no separated conditions);
 - ``fused``: the DISC targets, separated latents {z_0^k} fused by random masks (Eq. 3);
-- ``self, guided`` and ``fused, guided``: the same drawn with classifier-free guidance ``--guidance``.
+- ``uniform``: the same separated latents, unfused, each under its uniform mask (what fusion adds);
+- ``self``, ``fused`` and ``uniform`` again with the targets drawn with classifier-free guidance ``--guidance``.
 
 For each arm it prints the ruler's mIoU of the targets themselves (decoded) and of plain SD sampling with the
 fine-tuned weights, on random shape-bank masks (the DISC training masks) and on held-out masks. Takes about
@@ -34,6 +35,8 @@ from monai_disc.metrics import MaskFidelity
 from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
 from monai_disc.sampling import ShapeBank
 from monai_disc.transforms import sicapv2_tile_transforms
+
+ARMS = ("real", "self", "fused", "uniform", "self-guided", "fused-guided", "uniform-guided")
 
 
 def real_targets(data: str, autoencoder: torch.nn.Module, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +97,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="which targets to fine-tune on")
     parser.add_argument("--masks", type=int, default=48, help="random and held-out masks to score each arm on")
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
@@ -147,7 +151,17 @@ def main() -> None:
         masks = DISCPrepareBatch(scheduler, bank, image_size=64, crop=True, seed=3).masks(len(shown))
         return batch, miou(fuse_latents(shown, masks), masks)
 
+    def uniform(separated: torch.Tensor):
+        n, k = separated.shape[:2]
+        masks = torch.arange(k).repeat(n)[:, None, None].expand(-1, 64, 64)
+        return pairs(separated.flatten(0, 1), masks)
+
+    separated_sets: dict[float, torch.Tensor] = {}
+
     def separated_set(guidance: float, root: Path) -> torch.Tensor:
+        """The distillation set drawn at ``guidance``, written once and shared by the fused and uniform arms."""
+        if guidance in separated_sets:
+            return separated_sets[guidance]
         sets = write_distillation_set(
             root,
             sd,
@@ -159,7 +173,8 @@ def main() -> None:
             progress=False,
         )
         dataset = DistillationSet(root)
-        return torch.stack([dataset[i]["latents"] for i in range(sets["sets"])])
+        separated_sets[guidance] = torch.stack([dataset[i]["latents"] for i in range(sets["sets"])])
+        return separated_sets[guidance]
 
     def targets(name: str, guidance: float, tmp: Path):
         """(batch function, the targets' own mIoU) of an arm."""
@@ -168,19 +183,21 @@ def main() -> None:
         if name == "self":
             masks = draw.masks(args.sets)
             return pairs(self_targets(sd, masks, sampler(guidance)), masks)
-        return fused(separated_set(guidance, tmp / f"distill_{guidance:g}"))
+        separated = separated_set(guidance, tmp / f"distill_{guidance:g}")
+        return fused(separated) if name == "fused" else uniform(separated)
 
-    arms = [("real", 1.0), ("self", 1.0), ("fused", 1.0), ("self", args.guidance), ("fused", args.guidance)]
     print(f"SD as shipped: random masks {sampled(sd, score_random):.3f}, held-out {sampled(sd, score_held):.3f}")
     print("| fine-tuned on | targets' mIoU | mIoU, random masks | mIoU, held-out masks |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, guidance in arms:
+        for arm in args.arms:
+            name, guided = arm.removesuffix("-guided"), arm.endswith("-guided")
+            guidance = args.guidance if guided else 1.0
             with torch.no_grad():
                 batches, target_miou = targets(name, guidance, Path(tmp))
             net = fine_tune(str(init), batches, args.iters, args.lr, scheduler)
             with torch.no_grad():
                 random_miou, held_miou = sampled(net, score_random), sampled(net, score_held)
-            label = name if guidance == 1.0 else f"{name}, guided {guidance:g}"
+            label = f"{name}, guided {guidance:g}" if guided else name
             print(f"| {label} | {target_miou:.3f} | {random_miou:.3f} | {held_miou:.3f} |", flush=True)
 
 
