@@ -10,8 +10,9 @@ timesteps, seed) on one kind of clean latent under its mask; only the targets di
 - ``self``, ``fused`` and ``uniform`` again with the targets drawn with classifier-free guidance ``--guidance``.
 
 For each arm it prints the ruler's mIoU of the targets themselves (decoded) and of plain SD sampling with the
-fine-tuned weights, on random shape-bank masks (the DISC training masks) and on held-out masks. Takes about
-``5 + 4 * iters / 1000`` minutes per arm on one CPU thread at the defaults.
+fine-tuned weights, on random shape-bank masks (the DISC training masks) and on held-out masks. On one CPU thread
+an arm takes about 6 minutes of fine-tuning at 1,500 iterations plus the time to draw its targets (up to 10
+minutes for the guided distillation set, shared by the guided fused and uniform arms); ``--arms`` runs a part.
 
     python bench/bench_self_training.py --data .toy --bundles bundles --sets 512 --iters 1500 --guidance 3
 """
