@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -295,17 +296,23 @@ def test_held_out_masks_errors_name_the_problem(sicap_root):
         held_out_masks(sicap_root, 2, min_labels=5)
 
 
-def test_run_comparison_uses_the_bundles_weights_and_skips_missing_ones(sicap_root, tmp_path):
-    bundles = tmp_path / "bundles"
+def _toy_bundles(root: Path, extra: dict[str, nn.Module]) -> Path:
+    """A bundles folder with SD's autoencoder and a randomised denoiser, plus ``extra`` weights by path."""
     torch.manual_seed(0)
     weights = {
         "gleason_ldm/models/autoencoder.pt": vq_f4_toy(),
         "gleason_ldm/models/model.pt": _randomised(mask_ldm_toy(), 1),
-        "gleason_ldm_disc/models/model_disc.pt": _randomised(mask_ldm_toy(), 2),
+        **extra,
     }
     for path, net in weights.items():
-        (bundles / path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), bundles / path)
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), root / path)
+    return root
+
+
+def test_run_comparison_uses_the_bundles_weights_and_skips_missing_ones(sicap_root, tmp_path):
+    disc = {"gleason_ldm_disc/models/model_disc.pt": _randomised(mask_ldm_toy(), 2)}
+    bundles = _toy_bundles(tmp_path / "bundles", disc)
     with pytest.raises(FileNotFoundError, match="carcinonet/models/model.pt"):
         run_comparison(sicap_root, tmp_path / "out", bundles=bundles, steps=2)
     (bundles / RULER_WEIGHTS).parent.mkdir(parents=True)
@@ -319,16 +326,7 @@ def test_run_comparison_uses_the_bundles_weights_and_skips_missing_ones(sicap_ro
 
 
 def test_run_comparison_guidance_changes_the_tiles_and_is_recorded(sicap_root, tmp_path):
-    bundles = tmp_path / "bundles"
-    torch.manual_seed(0)
-    weights = {
-        "gleason_ldm/models/autoencoder.pt": vq_f4_toy(),
-        "gleason_ldm/models/model.pt": _randomised(mask_ldm_toy(), 1),
-        RULER_WEIGHTS: carcinonet_toy(),
-    }
-    for path, net in weights.items():
-        (bundles / path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), bundles / path)
+    bundles = _toy_bundles(tmp_path / "bundles", {RULER_WEIGHTS: carcinonet_toy()})
     kwargs = {"bundles": bundles, "num_masks": 2, "steps": 2, "size": 16}
     plain = run_comparison(sicap_root, tmp_path / "plain", **kwargs)
     guided = run_comparison(sicap_root, tmp_path / "guided", guidance_scale=3.0, **kwargs)
