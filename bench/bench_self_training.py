@@ -29,24 +29,32 @@ from monai.transforms import Compose, RandFlipd, RandRotate90d, RandSpatialCropd
 
 from monai_disc.compare import held_out_masks
 from monai_disc.data.sicapv2 import load_sicapv2
-from monai_disc.engines import DISCPrepareBatch, DistillationSet, draw_timesteps, write_distillation_set
+from monai_disc.engines import (
+    DISCPrepareBatch,
+    DistillationSet,
+    LatentDiffusionPrepareBatch,
+    draw_timesteps,
+    write_distillation_set,
+)
 from monai_disc.generators import load_weights
-from monai_disc.inferers import LDM_SCHEDULE, MaskLDMSampler, fuse_latents
+from monai_disc.inferers import LDM_SCHEDULE, MaskLDMSampler, fuse_latents, uniform_masks
 from monai_disc.metrics import MaskFidelity
 from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
 from monai_disc.sampling import ShapeBank
 from monai_disc.transforms import sicapv2_tile_transforms
 
 ARMS = ("real", "self", "fused", "uniform", "self-guided", "fused-guided", "uniform-guided")
+TILE = 64  # the toy LDM's tile side
+LATENT_SHAPE = (3, TILE // 4, TILE // 4)  # vq_f4_toy's latents of a tile
 
 
-def real_targets(data: str, autoencoder: torch.nn.Module, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def real_targets(data: str, autoencoder: torch.nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents and masks of ``n`` random crops (with flips) of the Test partition's Train tiles, as SD trained."""
     tiles = [sicapv2_tile_transforms()(d) for d in load_sicapv2(data, "Test", "Train")]
     keys = ["image", "mask"]
     augment = Compose(
         [
-            RandSpatialCropd(keys, (size, size), random_size=False),
+            RandSpatialCropd(keys, (TILE, TILE), random_size=False),
             RandFlipd(keys, 0.5, 0),
             RandFlipd(keys, 0.5, 1),
             RandRotate90d(keys, 0.5),
@@ -57,9 +65,8 @@ def real_targets(data: str, autoencoder: torch.nn.Module, n: int, size: int) -> 
     crops = [augment(tiles[int(i)]) for i in picks]
     images = torch.stack([torch.as_tensor(c["image"]).as_subclass(torch.Tensor).float() for c in crops])
     masks = torch.stack([torch.as_tensor(c["mask"]).as_subclass(torch.Tensor)[0].long() for c in crops])
-    with torch.no_grad():
-        latents = torch.cat([autoencoder.encode_stage_2_inputs(x) for x in images.split(64)]) * autoencoder.scale_factor
-    return latents, masks
+    encode = LatentDiffusionPrepareBatch(autoencoder, DDPMScheduler(**LDM_SCHEDULE)).encode
+    return torch.cat([encode(x) for x in images.split(64)]), masks
 
 
 def self_targets(sd: torch.nn.Module, masks: torch.Tensor, sampler: MaskLDMSampler) -> torch.Tensor:
@@ -67,7 +74,7 @@ def self_targets(sd: torch.nn.Module, masks: torch.Tensor, sampler: MaskLDMSampl
     out = []
     for start in range(0, len(masks), 32):
         batch = masks[start : start + 32]
-        noise = sampler.make_noise(range(10_000 + start, 10_000 + start + len(batch)), (3, 16, 16), "cpu")
+        noise = sampler.make_noise(range(10_000 + start, 10_000 + start + len(batch)), LATENT_SHAPE, "cpu")
         out.append(sampler.sample_latents(noise, sd.encode_mask(batch), sd))
     return torch.cat(out)
 
@@ -115,9 +122,9 @@ def main() -> None:
     else:
         bank = ShapeBank.load(args.bank)
     # the DISC batch preparation draws the training masks of every arm but "real" (its masks are the tiles')
-    draw = DISCPrepareBatch(scheduler, bank, image_size=64, crop=True, seed=1)
-    score_random = DISCPrepareBatch(scheduler, bank, image_size=64, crop=True, seed=2).masks(args.masks)
-    score_held, _ = held_out_masks(args.data, args.masks, size=64)
+    draw = DISCPrepareBatch(scheduler, bank, image_size=TILE, crop=True, seed=1)
+    score_random = DISCPrepareBatch(scheduler, bank, image_size=TILE, crop=True, seed=2).masks(args.masks)
+    score_held, _ = held_out_masks(args.data, args.masks, size=TILE)
 
     def sampler(guidance: float = 1.0) -> MaskLDMSampler:
         return MaskLDMSampler(num_inference_steps=args.steps, guidance_scale=guidance, progress=False)
@@ -131,7 +138,7 @@ def main() -> None:
 
     def sampled(net: torch.nn.Module, masks: torch.Tensor) -> float:
         plain = sampler()
-        noise = plain.make_noise(range(len(masks)), (3, 16, 16), "cpu")
+        noise = plain.make_noise(range(len(masks)), LATENT_SHAPE, "cpu")
         return miou(plain.sample_latents(noise, net.encode_mask(masks), net), masks)
 
     def pairs(latents: torch.Tensor, masks: torch.Tensor):
@@ -149,13 +156,12 @@ def main() -> None:
             return fuse_latents(separated[torch.randint(0, len(separated), (args.batch,))], masks), masks
 
         shown = separated[:256]
-        masks = DISCPrepareBatch(scheduler, bank, image_size=64, crop=True, seed=3).masks(len(shown))
+        masks = DISCPrepareBatch(scheduler, bank, image_size=TILE, crop=True, seed=3).masks(len(shown))
         return batch, miou(fuse_latents(shown, masks), masks)
 
     def uniform(separated: torch.Tensor):
         n, k = separated.shape[:2]
-        masks = torch.arange(k).repeat(n)[:, None, None].expand(-1, 64, 64)
-        return pairs(separated.flatten(0, 1), masks)
+        return pairs(separated.flatten(0, 1), uniform_masks(k, (TILE, TILE)).repeat(n, 1, 1))
 
     separated_sets: dict[float, torch.Tensor] = {}
 
@@ -167,7 +173,7 @@ def main() -> None:
             root,
             sd,
             args.sets,
-            (3, 16, 16),
+            LATENT_SHAPE,
             autoencoder,
             shard_size=args.sets,
             sampler=sampler(guidance),
@@ -180,7 +186,7 @@ def main() -> None:
     def targets(name: str, guidance: float, tmp: Path):
         """(batch function, the targets' own mIoU) of an arm."""
         if name == "real":
-            return pairs(*real_targets(args.data, autoencoder, args.sets, 64))
+            return pairs(*real_targets(args.data, autoencoder, args.sets))
         if name == "self":
             masks = draw.masks(args.sets)
             return pairs(self_targets(sd, masks, sampler(guidance)), masks)
