@@ -43,5 +43,5 @@ setup(
     packages=find_packages(include=["monai_disc", "monai_disc.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["monai-disc=monai_disc.cli:main"]},
+    entry_points={"console_scripts": ["monai-disc=monai_disc.apps.cli:main"]},
 )

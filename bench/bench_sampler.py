@@ -5,7 +5,7 @@ Runs our :class:`MaskLDMSampler` and MONAI's ``LatentDiffusionInferer.sample`` o
 process so that load on the machine hits both alike; reports the median of the repeats and ours/MONAI ratios.
 Then times training iterations of the toy denoiser (forward, backward, Adam) on batches of 64 px tiles.
 
-    python bench/bench_sampler.py [--steps 50] [--batch 8] [--size 64] [--repeats 3] [--threads 1]
+    python bench/bench_sampler.py [--num-inference-steps 50] [--batch 8] [--size 64] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def bench_training(batch: int, size: int, iters: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--num-inference-steps", type=int, default=50)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
@@ -112,11 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    s = bench_sampling(args.steps, args.batch, args.size, args.repeats)
+    s = bench_sampling(args.num_inference_steps, args.batch, args.size, args.repeats)
     ips = bench_training(args.train_batch, args.size, args.train_iters)
 
     print(f"# toy LDM on CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
-    print(f"# sampling: {args.batch} tiles of {args.size} px, DDIM {args.steps} steps, median of {args.repeats}")
+    print(
+        f"# sampling: {args.batch} tiles of {args.size} px, DDIM {args.num_inference_steps} steps, median of {args.repeats}"
+    )
     print(f"{'what':<34}{'seconds/batch':>14}{'tiles/s':>10}")
     for name, key in (("ours  MaskLDMSampler.sample", "ours"), ("MONAI LatentDiffusionInferer.sample", "monai")):
         print(f"{name:<34}{s[key]:>14.3f}{args.batch / s[key]:>10.2f}")

@@ -7,14 +7,14 @@ timesteps, seed) on one kind of clean latent under its mask; only the targets di
 - ``self``: SD's own samples under random shape-bank masks (self-training, no separated conditions);
 - ``fused``: the DISC targets, separated latents {z_0^k} fused by random masks (Eq. 3);
 - ``uniform``: the same separated latents, unfused, each under its uniform mask (what fusion adds);
-- ``self``, ``fused`` and ``uniform`` again with the targets drawn with classifier-free guidance ``--guidance``.
+- ``self``, ``fused`` and ``uniform`` again with the targets drawn with classifier-free guidance ``--guidance-scale``.
 
 For each arm it prints the ruler's mIoU of the targets themselves (decoded) and of plain SD sampling with the
 fine-tuned weights, on random shape-bank masks (the DISC training masks) and on held-out masks. On one CPU thread
 an arm takes about 6 minutes of fine-tuning at 1,500 iterations plus the time to draw its targets (up to 10
 minutes for the guided distillation set, shared by the guided fused and uniform arms); ``--arms`` runs a part.
 
-    python bench/bench_self_training.py --data .toy --bundles bundles --sets 512 --iters 1500 --guidance 3
+    python bench/bench_self_training.py --data .toy --bundles bundles --sets 512 --iters 1500 --guidance-scale 3
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import torch
 from monai.networks.schedulers import DDPMScheduler
 from monai.transforms import Compose, RandFlipd, RandRotate90d, RandSpatialCropd
 
-from monai_disc.compare import held_out_masks
+from monai_disc.apps.compare import held_out_masks
+from monai_disc.bundles import AUTOENCODER_WEIGHTS, CARCINONET_WEIGHTS, bundle_file
 from monai_disc.data.sicapv2 import load_sicapv2
 from monai_disc.engines import (
     DISCPrepareBatch,
@@ -36,11 +37,10 @@ from monai_disc.engines import (
     draw_timesteps,
     write_distillation_set,
 )
-from monai_disc.generators import load_weights
-from monai_disc.inferers import LDM_SCHEDULE, MaskLDMSampler, fuse_latents, uniform_masks
+from monai_disc.inferers import GENERATORS, LDM_SCHEDULE, MaskLDMSampler, fuse_latents, load_weights, uniform_masks
+from monai_disc.masks import ShapeBank
 from monai_disc.metrics import MaskFidelity
 from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
-from monai_disc.sampling import ShapeBank
 from monai_disc.transforms import sicapv2_tile_transforms
 
 ARMS = ("real", "self", "fused", "uniform", "self-guided", "fused-guided", "uniform-guided")
@@ -104,18 +104,18 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="which targets to fine-tune on")
     parser.add_argument("--masks", type=int, default=48, help="random and held-out masks to score each arm on")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--num-inference-steps", type=int, default=50)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     bundles = Path(args.bundles)
-    init = bundles / "gleason_ldm/models/model.pt"
-    autoencoder = load_weights(vq_f4_toy(), bundles / "gleason_ldm/models/autoencoder.pt")
+    init = bundle_file(GENERATORS["sd"].weights, bundles)
+    autoencoder = load_weights(vq_f4_toy(), bundle_file(AUTOENCODER_WEIGHTS, bundles))
     sd = load_weights(mask_ldm_toy(), init)
-    ruler = load_weights(carcinonet_toy(), bundles / "carcinonet/models/model.pt")
+    ruler = load_weights(carcinonet_toy(), bundle_file(CARCINONET_WEIGHTS, bundles))
     scheduler = DDPMScheduler(**LDM_SCHEDULE)
     if args.bank is None:
         bank = ShapeBank.from_data_list(load_sicapv2(args.data, "Test", "Train"), size=128)
@@ -127,7 +127,7 @@ def main() -> None:
     score_held, _ = held_out_masks(args.data, args.masks, size=TILE)
 
     def sampler(guidance: float = 1.0) -> MaskLDMSampler:
-        return MaskLDMSampler(num_inference_steps=args.steps, guidance_scale=guidance, progress=False)
+        return MaskLDMSampler(num_inference_steps=args.num_inference_steps, guidance_scale=guidance, progress=False)
 
     def miou(latents: torch.Tensor, masks: torch.Tensor) -> float:
         with torch.no_grad():
@@ -198,7 +198,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arm in args.arms:
             name, guided = arm.removesuffix("-guided"), arm.endswith("-guided")
-            guidance = args.guidance if guided else 1.0
+            guidance = args.guidance_scale if guided else 1.0
             with torch.no_grad():
                 batches, target_miou = targets(name, guidance, Path(tmp))
             net = fine_tune(str(init), batches, args.iters, args.lr, scheduler)

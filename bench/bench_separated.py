@@ -11,7 +11,7 @@ The denoising loop is timed (decoding costs SD and SC the same); the toy network
 ``vq_f4_toy``) at random init run on the CPU. Ratios are medians of the repeats; the goal for SC/SD is about the
 number of labels present, not K = 4.
 
-    python bench/bench_separated.py [--steps 10] [--batch 2] [--size 64] [--repeats 3] [--threads 1]
+    python bench/bench_separated.py [--num-inference-steps 10] [--batch 2] [--size 64] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -114,17 +114,17 @@ def bench(steps: int, batch: int, size: int, repeats: int) -> list[dict[str, flo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="DDIM steps")
+    parser.add_argument("--num-inference-steps", type=int, default=10, help="DDIM steps")
     parser.add_argument("--batch", type=int, default=2, help="masks per sampling")
     parser.add_argument("--size", type=int, default=64, help="tile size in pixels")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = bench(args.steps, args.batch, args.size, args.repeats)
+    rows = bench(args.num_inference_steps, args.batch, args.size, args.repeats)
     print(
         f"SC vs SD, toy networks, CPU ({args.threads} thread), {args.size} px, batch {args.batch}, "
-        f"{args.steps} DDIM steps, median of {args.repeats}\n"
+        f"{args.num_inference_steps} DDIM steps, median of {args.repeats}\n"
     )
     print("| labels in mask | SD s | SC s | SC/SD | looped s | looped/SC | all-K s | all-K/SD | max |SC-looped| |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -9,7 +9,7 @@ that elsewhere; the real tiles under the same masks give the reference ratio. Fi
 ruler's mIoU against the conditioning masks, realism the FID on the ruler's encoder features against 256 held-out
 real tiles (as ``monai-disc compare-generators``). All variants share masks and noise seeds.
 
-    python bench/bench_variants.py --data demo_out/toy --bundles bundles --masks 16 --steps 50 [--cfg-weights W]
+    python bench/bench_variants.py --data demo_out/toy --bundles bundles --masks 16 --num-inference-steps 50 [--cfg-weights W]
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from monai_disc.compare import held_out_masks, ruler_features, ruler_fid
-from monai_disc.generators import load_weights
-from monai_disc.inferers import MaskLDMSampler, SeparatedConditionInferer
+from monai_disc.apps.compare import held_out_masks, ruler_features, ruler_fid
+from monai_disc.bundles import AUTOENCODER_WEIGHTS, CARCINONET_WEIGHTS, bundle_file
+from monai_disc.inferers import GENERATORS, MaskLDMSampler, SeparatedConditionInferer, load_weights
 from monai_disc.metrics import MaskFidelity
 from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
 
@@ -47,15 +47,15 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--bundles", default="bundles")
     parser.add_argument("--masks", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--num-inference-steps", type=int, default=50)
     parser.add_argument("--cfg-weights", default=None, help="a denoiser trained with cond_drop_prob > 0")
     args = parser.parse_args()
     torch.set_num_threads(2)
 
     bundles = Path(args.bundles)
-    autoencoder = load_weights(vq_f4_toy(), bundles / "gleason_ldm/models/autoencoder.pt")
-    sd = load_weights(mask_ldm_toy(), bundles / "gleason_ldm/models/model.pt")
-    ruler = load_weights(carcinonet_toy(), bundles / "carcinonet/models/model.pt")
+    autoencoder = load_weights(vq_f4_toy(), bundle_file(AUTOENCODER_WEIGHTS, bundles))
+    sd = load_weights(mask_ldm_toy(), bundle_file(GENERATORS["sd"].weights, bundles))
+    ruler = load_weights(carcinonet_toy(), bundle_file(CARCINONET_WEIGHTS, bundles))
     masks, real = held_out_masks(args.data, args.masks, size=64)
     _, reference = held_out_masks(args.data, 256, min_labels=1, size=64)
     reference_features = ruler_features(ruler, reference, batch_size=32)
@@ -66,22 +66,25 @@ def main() -> None:
     seeds = list(range(len(masks)))
 
     def plain(guidance: float = 1.0) -> MaskLDMSampler:
-        return MaskLDMSampler(num_inference_steps=args.steps, guidance_scale=guidance, progress=False)
+        return MaskLDMSampler(num_inference_steps=args.num_inference_steps, guidance_scale=guidance, progress=False)
 
     variants = {
         "SD": (plain(), sd),
         "SD-SC, fused at the end (paper)": (SeparatedConditionInferer(plain()), sd),
-        f"SD-SC, fused after {args.steps * 3 // 4} steps": (
-            SeparatedConditionInferer(plain(), args.steps * 3 // 4),
+        f"SD-SC, fused after {args.num_inference_steps * 3 // 4} steps": (
+            SeparatedConditionInferer(plain(), args.num_inference_steps * 3 // 4),
             sd,
         ),
-        f"SD-SC, fused after {args.steps // 2} steps": (SeparatedConditionInferer(plain(), args.steps // 2), sd),
+        f"SD-SC, fused after {args.num_inference_steps // 2} steps": (
+            SeparatedConditionInferer(plain(), args.num_inference_steps // 2),
+            sd,
+        ),
     }
     if args.cfg_weights:
         cfg = load_weights(mask_ldm_toy(), args.cfg_weights)
         variants.update({f"CFG-trained, guidance {g}": (plain(g), cfg) for g in (1.0, 2.0, 3.0, 4.0)})
 
-    print(f"{len(masks)} held-out 64 px masks with two or more labels, {args.steps} DDIM steps, CPU")
+    print(f"{len(masks)} held-out 64 px masks with two or more labels, {args.num_inference_steps} DDIM steps, CPU")
     print("| variant | mIoU | pixel accuracy | FID | boundary/interior gradient | s/tile |")
     print("| --- | --- | --- | --- | --- | --- |")
     fidelity = MaskFidelity(ruler)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_torch_save", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "read_csv_table"]
 
 
 def _new_temp(path: Path) -> Path:
@@ -82,3 +82,34 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def read_csv_table(path: str | os.PathLike, required: Sequence[str], what: str = "table") -> Any:
+    """A CSV file as a pandas DataFrame of strings (stripped column names), checked for required columns.
+
+    Args:
+        path: the CSV file.
+        required: columns it must have.
+        what: what the file is, for the messages ("PANDA slide table", ...).
+
+    Returns:
+        the DataFrame (every cell a string, empty cells "").
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file cannot be parsed, or required columns are missing (the message names the file).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as err:
+        raise ValueError(f"cannot read {what} {path}: {err}") from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks required column(s) {missing}; found columns {list(frame.columns)}")
+    return frame

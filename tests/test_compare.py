@@ -15,16 +15,16 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from monai_disc.compare import (
-    RULER_WEIGHTS,
+from monai_disc.apps.compare import (
     compare_generators,
     format_comparison,
     held_out_masks,
-    make_generators,
     ruler_fid,
     run_comparison,
 )
+from monai_disc.bundles import CARCINONET_WEIGHTS as RULER_WEIGHTS
 from monai_disc.data import load_sicapv2
+from monai_disc.inferers import LDMGenerator, MaskLDMSampler, SeparatedConditionInferer
 from monai_disc.labels import colorize
 from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
 from monai_disc.transforms import sicapv2_tile_transforms
@@ -97,7 +97,15 @@ def ldm_generators():
     torch.manual_seed(0)
     autoencoder = vq_f4_toy().eval()
     sd, disc = _randomised(mask_ldm_toy(), 1), _randomised(mask_ldm_toy(), 2)
-    return make_generators(autoencoder, sd, disc_denoiser=disc, steps=2)
+
+    def sampler() -> MaskLDMSampler:
+        return MaskLDMSampler(num_inference_steps=2, progress=False)
+
+    return {
+        "SD": LDMGenerator(sampler(), autoencoder, sd, name="SD"),
+        "SD-SC": LDMGenerator(SeparatedConditionInferer(sampler()), autoencoder, sd, name="SD-SC"),
+        "SD-DISC": LDMGenerator(sampler(), autoencoder, disc, name="SD-DISC"),
+    }
 
 
 def test_table_has_one_row_per_generator_with_finite_numbers(ldm_generators, tmp_path):
@@ -105,7 +113,7 @@ def test_table_has_one_row_per_generator_with_finite_numbers(ldm_generators, tmp
     ruler = carcinonet_toy().eval()
     masks = _masks(4, 32)
     real = torch.rand(6, 3, 32, 32) * 2 - 1
-    result = compare_generators(ldm_generators, masks, [0, 1, 2, 3], ruler, real, tmp_path, batch_size=3, steps=2)
+    result = compare_generators(ldm_generators, masks, [0, 1, 2, 3], ruler, real, tmp_path, batch_size=3)
 
     assert list(ldm_generators) == ["SD", "SD-SC", "SD-DISC"]  # CoTrain has no weights: skipped
     assert result["order"] == ["SD", "SD-SC", "SD-DISC"]
@@ -129,7 +137,7 @@ def test_same_seeds_give_same_table_and_other_seeds_do_not(ldm_generators, tmp_p
     ruler = carcinonet_toy().eval()
     masks, real = _masks(3, 32), torch.rand(4, 3, 32, 32) * 2 - 1
     runs = [
-        compare_generators(ldm_generators, masks, seeds, ruler, real, tmp_path / str(i), batch_size=2, steps=2)
+        compare_generators(ldm_generators, masks, seeds, ruler, real, tmp_path / str(i), batch_size=2)
         for i, seeds in enumerate([[5, 6, 7], [5, 6, 7], [8, 9, 10]])
     ]
     assert _rows(runs[0]) == _rows(runs[1])
@@ -314,11 +322,13 @@ def test_run_comparison_uses_the_bundles_weights_and_skips_missing_ones(sicap_ro
     disc = {"gleason_ldm_disc/models/model_disc.pt": _randomised(mask_ldm_toy(), 2)}
     bundles = _toy_bundles(tmp_path / "bundles", disc)
     with pytest.raises(FileNotFoundError, match="carcinonet/models/model.pt"):
-        run_comparison(sicap_root, tmp_path / "out", bundles=bundles, steps=2)
+        run_comparison(sicap_root, tmp_path / "out", bundles_dir=bundles)
     (bundles / RULER_WEIGHTS).parent.mkdir(parents=True)
     torch.save(carcinonet_toy().state_dict(), bundles / RULER_WEIGHTS)
 
-    result = run_comparison(sicap_root, tmp_path / "out", bundles=bundles, num_masks=2, steps=2, size=16, seed=3)
+    result = run_comparison(
+        sicap_root, tmp_path / "out", bundles_dir=bundles, num_masks=2, num_inference_steps=2, size=16, seed=3
+    )
     assert result["order"] == ["SD", "SD-SC", "SD-DISC"]  # no CoTrain weights
     assert result["num_masks"] == 2 and result["mask_size"] == [16, 16] and result["seeds"] == [3, 4]
     assert result["num_real_tiles"] == 4 and result["reference"] is not None  # every tile's best crop
@@ -327,7 +337,7 @@ def test_run_comparison_uses_the_bundles_weights_and_skips_missing_ones(sicap_ro
 
 def test_run_comparison_guidance_changes_the_tiles_and_is_recorded(sicap_root, tmp_path):
     bundles = _toy_bundles(tmp_path / "bundles", {RULER_WEIGHTS: carcinonet_toy()})
-    kwargs = {"bundles": bundles, "num_masks": 2, "steps": 2, "size": 16}
+    kwargs = {"bundles_dir": bundles, "num_masks": 2, "num_inference_steps": 2, "size": 16}
     plain = run_comparison(sicap_root, tmp_path / "plain", **kwargs)
     guided = run_comparison(sicap_root, tmp_path / "guided", guidance_scale=3.0, **kwargs)
     assert plain["guidance_scale"] == 1.0 and guided["guidance_scale"] == 3.0

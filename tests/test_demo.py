@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from monai_disc.demo import run_demo
+from monai_disc.apps.demo import run_demo
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 
 
 def test_demo_draws_and_grades_with_the_shipped_weights(tmp_path):
     # 12 slides: the smallest toy set whose validation slides can score an AUROC in the lambda sweep
-    figures = run_demo(tmp_path, BUNDLES, num_tiles=4, steps=10, n_slides=12)
+    figures = run_demo(tmp_path, BUNDLES, num_tiles=4, num_inference_steps=10, n_slides=12)
     for name in ("toy_preview.png", "sd_grid.png", "carcinonet_overlays.png", "demo_figures.json"):
         assert (tmp_path / name).stat().st_size > 1000, name
-    assert json.loads((tmp_path / "demo_figures.json").read_text())["steps"] == 10
+    assert json.loads((tmp_path / "demo_figures.json").read_text())["num_inference_steps"] == 10
     # the shipped ruler reads held-out toy tissue (its bundle README gives the full test-split figures; these
     # few multi-label tiles are the hardest)
     assert figures["real"]["pixel_accuracy"] > 0.7

@@ -14,18 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from monai_disc.generate_slides import (
-    MANIFEST_COLUMNS,
-    LDMGenerator,
-    TileGenerator,
-    generate_slides,
-    resolve_rank,
-    shard_plans,
-)
-from monai_disc.inferers import MaskLDMSampler
+from monai_disc.apps.generate_slides import generate_slides, shard_plans
+from monai_disc.data.synthetic import MANIFEST_COLUMNS
+from monai_disc.distributed import resolve_rank
+from monai_disc.inferers import LDMGenerator, MaskLDMSampler, TileGenerator
 from monai_disc.labels import LABEL_COLORS, LABEL_NAMES
+from monai_disc.masks import ShapeBank, plan_slide, plan_synthetic_slides
 from monai_disc.networks import mask_ldm_toy, vq_f4_toy
-from monai_disc.sampling import ShapeBank, plan_slide, plan_synthetic_slides
 from monai_disc.visualize import to_uint8
 
 SIZE = 32

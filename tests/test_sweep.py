@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from monai_disc.apps.sweep import BASELINE, lambda_sweep
 from monai_disc.labels import multi_hot
-from monai_disc.sweep import BASELINE, lambda_sweep
 
 torch.set_num_threads(1)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_disc.io import read_csv_table
 from monai_disc.labels import GLEASON_PATTERN_TO_LABEL, PANDA_RADBOUD_VALUE_TO_LABEL, multi_hot
 
 __all__ = ["PANDA_COLUMNS", "PANDA_PROVIDERS", "load_panda", "panda_mask_to_labels", "parse_gleason_score"]
@@ -67,22 +68,11 @@ def load_panda(root: str | os.PathLike) -> list[dict]:
         FileNotFoundError: missing root, csv, image directory or image file (the message names it).
         ValueError: missing columns, an unparseable `gleason_score` or `isup_grade` (names the csv row).
     """
-    import pandas as pd
-
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
         raise FileNotFoundError(f"PANDA root directory not found: {root_path}")
     csv = root_path / "train.csv"
-    if not csv.is_file():
-        raise FileNotFoundError(f"PANDA slide table not found: {csv}")
-    try:
-        frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except Exception as err:
-        raise ValueError(f"cannot read PANDA slide table {csv}: {err}") from err
-    frame.columns = [c.strip() for c in frame.columns]
-    missing = [c for c in PANDA_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{csv} lacks required column(s) {missing}; found columns {list(frame.columns)}")
+    frame = read_csv_table(csv, PANDA_COLUMNS, "PANDA slide table")
 
     image_dir, mask_dir = root_path / "train_images", root_path / "train_label_masks"
     if not image_dir.is_dir():

@@ -1,4 +1,5 @@
-"""Slides as bags of tiles, real (SICAPv2) or synthetic (:func:`monai_disc.generate_slides.generate_slides`),
+"""Slides as bags of tiles, real (SICAPv2) or synthetic (:func:`monai_disc.apps.generate_slides.generate_slides`, listed by
+:func:`monai_disc.data.synthetic.load_synthetic_bags`),
 through one interface, for slide-level grading (TransMIL).
 
 A bag is a dict::
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from monai_disc.labels import GLEASON_PATTERN_TO_LABEL, LABEL_NAMES, multi_hot
+from monai_disc.data.synthetic import load_synthetic_bags
+from monai_disc.labels import GLEASON_PATTERN_TO_LABEL, multi_hot
 
 __all__ = [
     "BAG_SOURCES",
@@ -34,8 +36,6 @@ __all__ = [
 ]
 
 BAG_SOURCES: tuple[str, ...] = ("real", "synthetic")
-_MANIFEST = "manifest.csv"  # kept equal to monai_disc.generate_slides.MANIFEST_NAME (that module imports torch)
-_MANIFEST_REQUIRED = ("slide_id", "primary", "secondary", *LABEL_NAMES, "n_tiles")
 _MAX_LISTED = 5
 
 
@@ -90,88 +90,6 @@ def load_sicapv2_bags(root: str | os.PathLike, partition: str = "Test", split: s
             }
         )
     return out
-
-
-def _label_index(value: str, path: Path, line: int, column: str) -> int:
-    if value in LABEL_NAMES:
-        return LABEL_NAMES.index(value)
-    raise ValueError(f"{path} line {line}: {column} must be one of {list(LABEL_NAMES)}, got {value!r}")
-
-
-def _flag(value: str, path: Path, line: int, column: str) -> float:
-    if value not in ("0", "1", "0.0", "1.0"):
-        raise ValueError(f"{path} line {line}: column {column} must be 0 or 1, got {value!r}")
-    return float(value)
-
-
-def _pngs(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"synthetic slide folder not found: {folder}")
-    return [str(folder / n) for n in sorted(os.listdir(folder)) if n.endswith(".png") and not n.startswith(".")]
-
-
-def load_synthetic_bags(out_dir: str | os.PathLike) -> list[dict]:
-    """Synthetic slides written by :func:`monai_disc.generate_slides.generate_slides`, as bags.
-
-    Only slides in `manifest.csv` are listed (it is written once every planned slide is finished), in its order.
-
-    Args:
-        out_dir: the generation output folder.
-
-    Returns:
-        Bags (module docstring) with `source` "synthetic" and `generator`.
-
-    Raises:
-        FileNotFoundError: no manifest, or a listed slide's `images/` or `masks/` folder missing.
-        ValueError: a manifest without the required columns, a bad cell, or a slide whose tile or mask count
-            differs from its `n_tiles` (the message names the file and line or folder).
-    """
-    import pandas as pd
-
-    root = Path(out_dir).expanduser()
-    path = root / _MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"synthetic slide manifest not found: {path} (is the generation finished?)")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as err:
-        raise ValueError(f"cannot read {path}: {err}") from err
-    missing = [c for c in _MANIFEST_REQUIRED if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path} lacks required column(s) {missing}; found columns {list(frame.columns)}")
-    bags = []
-    for index, row in enumerate(frame.to_dict("records")):
-        line = index + 2
-        sid = row["slide_id"].strip()
-        primary = _label_index(row["primary"].strip(), path, line, "primary")
-        secondary = _label_index(row["secondary"].strip(), path, line, "secondary")
-        label = np.array([_flag(row[c].strip(), path, line, c) for c in LABEL_NAMES], dtype=np.float32)
-        if not np.array_equal(label, multi_hot((primary, secondary))):
-            raise ValueError(
-                f"{path} line {line}: label columns {label.tolist()} disagree with {row['primary']}+{row['secondary']}"
-            )
-        try:
-            n_tiles = int(row["n_tiles"])
-        except ValueError:
-            raise ValueError(f"{path} line {line}: n_tiles must be an integer, got {row['n_tiles']!r}") from None
-        tiles, masks = _pngs(root / sid / "images"), _pngs(root / sid / "masks")
-        if len(tiles) != n_tiles or len(masks) != n_tiles:
-            raise ValueError(
-                f"{root / sid}: {len(tiles)} tiles and {len(masks)} masks, but {path} line {line} says {n_tiles}"
-            )
-        bags.append(
-            {
-                "slide_id": sid,
-                "tiles": tiles,
-                "masks": masks,
-                "label": label,
-                "primary": primary,
-                "secondary": secondary,
-                "source": "synthetic",
-                "generator": row.get("generator", ""),
-            }
-        )
-    return bags
 
 
 def tile_loader(spatial_size: int | Sequence[int] | None = None) -> Callable[[str], torch.Tensor]:

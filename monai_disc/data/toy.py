@@ -853,21 +853,21 @@ def draw_tile(
 # slide plan (which slides, patients, grades and tiles a toy data set holds)
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _TilePlan:
+class _ToyTile:
     name: str
     labels: tuple[int, ...]  # labels to place, background first
     cribriform: float
 
 
 @dataclass(frozen=True)
-class _SlidePlan:
+class _ToySlide:
     index: int
     slide_id: str
     patient_id: int
     primary: int  # label 0..3
     secondary: int
     cribriform: float
-    tiles: tuple[_TilePlan, ...]
+    tiles: tuple[_ToyTile, ...]
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -887,7 +887,7 @@ def _tile_labels(primary: int, secondary: int, rng: np.random.Generator) -> tupl
     return tuple(int(cands[i]) for i in picked)
 
 
-def _plan_slides(n_slides: int, seed: int, tiles_per_slide: tuple[int, int], tile_size: int) -> list[_SlidePlan]:
+def _plan_slides(n_slides: int, seed: int, tiles_per_slide: tuple[int, int], tile_size: int) -> list[_ToySlide]:
     """Slides (ids, patients, Gleason scores) and the names and label sets of their tiles."""
     rng = _rng(seed, 0)
     pairs = [p for p, _ in GLEASON_PAIRS]
@@ -927,14 +927,14 @@ def _plan_slides(n_slides: int, seed: int, tiles_per_slide: tuple[int, int], til
                 x0, y0 = int(srng.integers(2_000, 20_000)), int(srng.integers(2_000, 80_000))
             name = f"{slide_id}_Block_Region_{region}_{row}_{col}_xini_{x0 + col * stride}_yini_{y0 + row * stride}"
             labels = _tile_labels(primary, secondary, srng)
-            tiles.append(_TilePlan(name, labels, float(np.clip(crib + srng.normal(0, 0.2), 0.05, 0.95))))
+            tiles.append(_ToyTile(name, labels, float(np.clip(crib + srng.normal(0, 0.2), 0.05, 0.95))))
             col += 1
         # the slide's grades must show in its tiles
         present = {v for t in tiles for v in t.labels}
         for j, need in enumerate(sorted({primary, secondary} - present)):
             t = tiles[-1 - j]
-            tiles[-1 - j] = _TilePlan(t.name, (need,), t.cribriform)
-        slides.append(_SlidePlan(i, slide_id, int(patient_ids[owners[i]]), primary, secondary, crib, tuple(tiles)))
+            tiles[-1 - j] = _ToyTile(t.name, (need,), t.cribriform)
+        slides.append(_ToySlide(i, slide_id, int(patient_ids[owners[i]]), primary, secondary, crib, tuple(tiles)))
     return slides
 
 
@@ -993,7 +993,7 @@ def _xlsx_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def _render_tile(
-    seed: int, slide: _SlidePlan, tile_index: int, tile_size: int, stain: Stain
+    seed: int, slide: _ToySlide, tile_index: int, tile_size: int, stain: Stain
 ) -> tuple[np.ndarray, np.ndarray]:
     tile = slide.tiles[tile_index]
     rng = _rng(seed, 3, slide.index, tile_index)
@@ -1002,7 +1002,7 @@ def _render_tile(
     return rgb, mask
 
 
-def _write_slide_tiles(work: Path, seed: int, slide: _SlidePlan, tile_size: int) -> dict[str, dict[str, Any]]:
+def _write_slide_tiles(work: Path, seed: int, slide: _ToySlide, tile_size: int) -> dict[str, dict[str, Any]]:
     """Draw and write one slide's tiles (skipping those a killed build already wrote); return sheet rows."""
     stain = random_stain(_rng(seed, 5, slide.index))
     rows = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .autoencoder import ScaleFactorHandler, VQAutoencoderTrainer, loss_terms
 from .checkpoint import ResumableCheckpoint, latest_checkpoint
-from .disc import DISCPrepareBatch, random_masks
+from .disc import DISCPrepareBatch
 from .distill import DistillationSet, distill_seed, write_distillation_set
 from .generation import MaskBatch, MaskLDMInferer, SaveTilesHandler, mask_seed, pending_masks
 from .ldm import (
@@ -25,7 +25,6 @@ __all__ = [
     "DISCPrepareBatch",
     "DistillationSet",
     "distill_seed",
-    "random_masks",
     "write_distillation_set",
     "MaskBatch",
     "MaskLDMInferer",

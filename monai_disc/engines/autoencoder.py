@@ -223,6 +223,16 @@ class VQAutoencoderTrainer(AdversarialTrainer):
         images = torch.as_tensor(images)
         return images.to(self.state.device, non_blocking=self.non_blocking, **self.to_kwargs)
 
+    def _step(self, loss: torch.Tensor, optimizer: Any, scaler: Any, backward_event: Any) -> None:
+        """Backward and optimiser step of one network, through its grad scaler when mixed precision is on."""
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        self.fire_event(backward_event)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
     def _iteration(self, engine: Engine, batchdata: Any) -> Any:  # type: ignore[override]
         """One generator step, then (once adversarial training is on) one discriminator step."""
         if batchdata is None:
@@ -256,15 +266,12 @@ class VQAutoencoderTrainer(AdversarialTrainer):
                 + self.perceptual_weight * p_loss
                 + self.adv_weight * g_adv
             )
-        if amp_on:
-            state.g_scaler.scale(loss).backward()
-            self.fire_event(AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
-            state.g_scaler.step(state.g_optimizer)
-            state.g_scaler.update()
-        else:
-            loss.backward()
-            self.fire_event(AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
-            state.g_optimizer.step()
+        self._step(
+            loss,
+            state.g_optimizer,
+            state.g_scaler if amp_on else None,
+            AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED,
+        )
         self.fire_event(AdversarialIterationEvents.GENERATOR_MODEL_COMPLETED)
 
         d_loss = zero
@@ -281,15 +288,12 @@ class VQAutoencoderTrainer(AdversarialTrainer):
                     + state.d_loss_function(fake_logits, target_is_real=False, for_discriminator=True).mean()
                 )
                 self.fire_event(AdversarialIterationEvents.DISCRIMINATOR_LOSS_COMPLETED)
-            if amp_on:
-                state.d_scaler.scale(d_loss).backward()
-                self.fire_event(AdversarialIterationEvents.DISCRIMINATOR_BACKWARD_COMPLETED)
-                state.d_scaler.step(state.d_optimizer)
-                state.d_scaler.update()
-            else:
-                d_loss.backward()
-                self.fire_event(AdversarialIterationEvents.DISCRIMINATOR_BACKWARD_COMPLETED)
-                state.d_optimizer.step()
+            self._step(
+                d_loss,
+                state.d_optimizer,
+                state.d_scaler if amp_on else None,
+                AdversarialIterationEvents.DISCRIMINATOR_BACKWARD_COMPLETED,
+            )
             self.fire_event(AdversarialIterationEvents.DISCRIMINATOR_MODEL_COMPLETED)
 
         state.output = {

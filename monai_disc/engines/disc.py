@@ -2,7 +2,7 @@
 
 A batch of the distillation set (:class:`monai_disc.engines.distill.DistillationSet`) holds, per set, the K
 latents {z_0^k} that one noise gives under the K uniform masks. For each set a random generation mask is drawn
-as at sampling time (an m_freq shape of a training mask from a :class:`monai_disc.sampling.ShapeBank`, its ranks
+as at sampling time (an m_freq shape of a training mask from a :class:`monai_disc.masks.ShapeBank`, its ranks
 given grades by :func:`monai_disc.transforms.assign_grades`), the latents are fused by it (Eq. 2, the mask
 reduced to latent size) into z_0^mixed, and z_0^mixed is noised with the cumulative schedule. The stock MONAI
 ``SupervisedTrainer`` then computes ``MSE(eps_theta(z_t, t, tau(m)), eps)``, the loss of Eq. 1 on the fused
@@ -24,76 +24,14 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.networks.schedulers import Scheduler
+from monai.utils import ensure_tuple_rep
 
 from monai_disc.engines.ldm import draw_timesteps
 from monai_disc.inferers.separated import fuse_latents
 from monai_disc.labels import NUM_CLASSES
-from monai_disc.sampling import RandomState, ShapeBank, resize_nearest
-from monai_disc.transforms.functional import assign_grades
+from monai_disc.masks.bank import ShapeBank, drawable_labels, random_masks
 
-__all__ = ["DISCPrepareBatch", "random_masks"]
-
-
-def _max_ranks(labels: Sequence[int], weights: Sequence[float] | None) -> int:
-    """How many distinct grades one mask can get: the labels that can be drawn."""
-    if weights is None:
-        return len(labels)
-    return int(np.count_nonzero(np.asarray(weights, dtype=np.float64) > 0))
-
-
-def random_masks(
-    bank: ShapeBank,
-    n: int,
-    rng: RandomState,
-    size: int | Sequence[int] | None = None,
-    labels: Sequence[int] = tuple(range(NUM_CLASSES)),
-    weights: Sequence[float] | None = None,
-    concentration: float | Sequence[float] = 1.0,
-    crop: bool = False,
-) -> np.ndarray:
-    """``n`` generation masks: bank shapes whose frequency ranks get grades by random weights, no two alike.
-
-    Only shapes with no more ranks than drawable labels are used, so every rank gets its own grade.
-
-    Args:
-        bank: m_freq shapes of training masks.
-        n: number of masks.
-        rng: numpy Generator or RandomState.
-        size: (H, W) or side of the masks (nearest resize); None keeps the bank's size.
-        labels, weights, concentration: see :func:`monai_disc.transforms.assign_grades`.
-        crop: take a random `size` window of each shape instead of resizing it, keeping the drawings' scale
-            (for a generator trained on crops of the tiles, as the toy LDM is).
-
-    Returns:
-        int64 label maps (n, H, W).
-
-    Raises:
-        ValueError: when the bank has no shape that the labels can colour, or bad labels or weights.
-    """
-    max_ranks = _max_ranks(labels, weights)
-    out = []
-    for _ in range(int(n)):
-        index = bank.sample_index(rng, max_ranks=max_ranks)
-        grades = assign_grades(int(bank.num_ranks[index]), rng, labels, weights, concentration)
-        mask = grades[bank.shapes[index]]
-        if size is not None and crop:
-            out.append(_random_window(mask, size, rng))
-        else:
-            out.append(mask if size is None else resize_nearest(mask, size))
-    if not out:
-        h, w = bank.spatial_size if size is None else resize_nearest(bank.shapes[0], size).shape
-        return np.zeros((0, h, w), dtype=np.int64)
-    return np.stack(out).astype(np.int64, copy=False)
-
-
-def _random_window(mask: np.ndarray, size: int | Sequence[int], rng: RandomState) -> np.ndarray:
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    if h > mask.shape[0] or w > mask.shape[1]:
-        raise ValueError(f"cannot crop {h}x{w} masks from {mask.shape[0]}x{mask.shape[1]} bank shapes")
-    integers = getattr(rng, "integers", None) or rng.randint  # numpy Generator or RandomState
-    top = int(integers(0, mask.shape[0] - h + 1))
-    left = int(integers(0, mask.shape[1] - w + 1))
-    return mask[top : top + h, left : left + w]
+__all__ = ["DISCPrepareBatch"]
 
 
 class DISCPrepareBatch:
@@ -140,17 +78,14 @@ class DISCPrepareBatch:
         self.snr_gamma = snr_gamma
         self.crop = crop
         self.bank = bank if isinstance(bank, ShapeBank) else ShapeBank.load(bank)
-        if image_size is None:
-            self.image_size: tuple[int, int] = self.bank.spatial_size
-        elif isinstance(image_size, (int, np.integer)):
-            self.image_size = (int(image_size), int(image_size))
-        else:
-            self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.image_size: tuple[int, int] = (
+            self.bank.spatial_size if image_size is None else tuple(int(s) for s in ensure_tuple_rep(image_size, 2))
+        )
         self.latents_key = latents_key
         self.labels = tuple(int(x) for x in labels)
         if any(not 0 <= x < NUM_CLASSES for x in self.labels):
             raise ValueError(f"labels must lie in 0..{NUM_CLASSES - 1}, got {self.labels}.")
-        if _max_ranks(self.labels, weights) < 1:
+        if drawable_labels(self.labels, weights) < 1:
             raise ValueError(f"no label can be drawn with weights {weights}.")
         self.weights = None if weights is None else tuple(float(w) for w in weights)
         self.concentration = concentration

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import ensure_tuple_rep
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -72,15 +73,6 @@ def distill_seed(seed: int, index: int) -> int:
 def shard_name(shard: int) -> str:
     """File name of shard ``shard``: ``shard_00000.pt``."""
     return f"shard_{int(shard):05d}.pt"
-
-
-def _size2(size: int | Sequence[int]) -> list[int]:
-    if isinstance(size, (int, np.integer)):
-        return [int(size), int(size)]
-    out = [int(s) for s in size]
-    if len(out) != 2:
-        raise ValueError(f"image_size must be an int or (H, W), got {size}.")
-    return out
 
 
 def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
@@ -138,7 +130,7 @@ def write_distillation_set(
         image_size: (H, W) or side of the tiles, the size of the uniform masks the mask encoder reads.
         shard_size: sets per shard file.
         seed: the one seed of the set (see :func:`distill_seed`).
-        sampler: the DDIM sampler (steps, guidance); defaults to ``MaskLDMSampler(progress=False)``, 200 steps.
+        sampler: the DDIM sampler (steps, guidance); defaults to ``MaskLDMSampler(progress=False)``.
         batch_size: sets per denoiser batch (each set is K rows of the batch).
         rank: this process's rank; None reads ``torch.distributed`` or torchrun's ``RANK``.
         world_size: number of ranks; None reads ``torch.distributed`` or ``WORLD_SIZE``.
@@ -165,7 +157,7 @@ def write_distillation_set(
             raise ValueError("give image_size, or an autoencoder with a downsample_factor, to size the uniform masks.")
         size = [shape[1] * int(factor), shape[2] * int(factor)]
     else:
-        size = _size2(image_size)
+        size = [int(s) for s in ensure_tuple_rep(image_size, 2)]
     if size[0] % shape[1] or size[1] % shape[2]:
         raise ValueError(f"image_size {tuple(size)} is not a multiple of the latent size {tuple(shape[1:])}.")
     rank, world_size = resolve_rank(rank, world_size)

@@ -32,7 +32,7 @@ from monai_disc.data.folder import FOLDER_IMAGE_EXTENSIONS, load_folder
 from monai_disc.data.sicapv2 import load_sicapv2
 from monai_disc.io import atomic_write_text
 from monai_disc.labels import NUM_CLASSES
-from monai_disc.metrics.pixel import as_label_map
+from monai_disc.transforms.functional import as_label_map
 from monai_disc.transforms.pipelines import folder_tile_transforms, sicapv2_tile_transforms
 from monai_disc.visualize import overlay, save_grid, save_picture, to_uint8
 

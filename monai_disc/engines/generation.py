@@ -19,6 +19,7 @@ from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 from torch import nn
 
+from monai_disc.transforms.functional import as_label_map
 from monai_disc.visualize import overlay, save_picture, to_uint8
 
 __all__ = ["pending_masks", "mask_seed", "MaskBatch", "MaskLDMInferer", "SaveTilesHandler"]
@@ -80,8 +81,7 @@ class MaskLDMInferer(Inferer):
         self.autoencoder = autoencoder
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, seeds: Sequence[int] | None = None, **kwargs):
-        masks = inputs.as_subclass(torch.Tensor).long()
-        return self.sampler.sample(masks[:, 0] if masks.ndim == 4 else masks, self.autoencoder, network, seeds=seeds)
+        return self.sampler.sample(as_label_map(inputs, name="masks"), self.autoencoder, network, seeds=seeds)
 
 
 class SaveTilesHandler:

@@ -9,39 +9,20 @@ mask does not hold are never denoised, so a tile costs about as many SD sampling
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from monai_disc.inferers.mask_ldm import MaskLDMSampler
-from monai_disc.transforms.functional import labels_at_size
+from monai_disc.inferers.mask_ldm import MaskLDMSampler, decode_latents
+from monai_disc.transforms.functional import as_label_map, labels_at_size
 
 __all__ = ["SeparatedConditionInferer", "fuse_latents", "present_labels", "uniform_masks"]
 
 
-def _label_map(mask: Tensor, what: str = "mask") -> Tensor:
-    """(B, H, W) int64 labels from (B, H, W) / (B, 1, H, W) integer (or integral float) maps."""
-    mask = torch.as_tensor(mask)
-    if isinstance(mask, Tensor) and type(mask) is not Tensor:  # MetaTensor and friends: plain tensor ops only
-        mask = mask.as_subclass(Tensor)
-    if mask.ndim == 4 and mask.shape[1] == 1:
-        mask = mask[:, 0]
-    if mask.ndim != 3:
-        raise ValueError(f"{what} must be integer labels (B, H, W) or (B, 1, H, W), got shape {tuple(mask.shape)}.")
-    if mask.is_floating_point():
-        if mask.numel() and not torch.equal(mask, mask.round()):
-            raise ValueError(f"{what} must hold integer labels, got non-integer values.")
-    elif mask.dtype == torch.bool or mask.is_complex():
-        raise ValueError(f"{what} must hold integer labels, got dtype {mask.dtype}.")
-    return mask.long()
-
-
 def _labels_at_latent_size(mask: Tensor, size: Sequence[int], num_classes: int) -> Tensor:
     """The mask reduced to the latent size by :func:`labels_at_size`'s nearest rule, checked against K."""
-    labels = _label_map(mask)
+    labels = as_label_map(mask)
     h, w = int(size[0]), int(size[1])
     if h <= 0 or w <= 0 or labels.shape[-2] % h or labels.shape[-1] % w:
         raise ValueError(
@@ -112,29 +93,6 @@ def uniform_masks(num_classes: int, size: Sequence[int], device: str | torch.dev
     return torch.arange(num_classes, device=device).view(-1, 1, 1).expand(-1, h, w).contiguous()
 
 
-class _StepWindow:
-    """A scheduler seen through a window [start, stop) of its timestep grid.
-
-    DDIM's step is a function of (model output, t, sample) and the step count, so running the steps of a grid in
-    two windows gives the same result as running them in one; this lets SC reuse
-    :meth:`MaskLDMSampler.sample_latents` for the separated part and the fused part of a split sampling.
-    """
-
-    def __init__(self, scheduler: Any, start: int, stop: int) -> None:
-        self._scheduler = scheduler
-        self._window = slice(start, stop)
-        self.timesteps: Tensor | None = None
-
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        self._scheduler.set_timesteps(num_inference_steps, device)
-        self.timesteps = self._scheduler.timesteps[self._window]
-
-    def __getattr__(self, name: str) -> Any:  # step, num_train_timesteps, ... of the wrapped scheduler
-        if name.startswith("__") or name == "_scheduler":  # no recursion while copying or unpickling
-            raise AttributeError(name)
-        return getattr(self._scheduler, name)
-
-
 class SeparatedConditionInferer:
     """SD-SC: one noise per sample, copied per label of its mask, denoised under uniform masks, fused by Eq. 2.
 
@@ -148,7 +106,7 @@ class SeparatedConditionInferer:
     ``None`` (or the step count) fuses at the end as the paper does, and ``0`` is plain SD.
 
     Args:
-        sampler: the DDIM sampler to run branches with; defaults to ``MaskLDMSampler()`` (200 steps).
+        sampler: the DDIM sampler to run branches with; defaults to ``MaskLDMSampler()``.
         fuse_step: separated steps before fusion, in 0..``sampler.num_inference_steps``; None fuses at the end.
 
     Raises:
@@ -161,12 +119,6 @@ class SeparatedConditionInferer:
         if fuse_step is not None and not 0 <= int(fuse_step) <= steps:
             raise ValueError(f"fuse_step must lie in 0..{steps} (the sampler's steps) or be None, got {fuse_step}.")
         self.fuse_step = None if fuse_step is None or int(fuse_step) == steps else int(fuse_step)
-
-    def _window(self, start: int, stop: int) -> MaskLDMSampler:
-        """The sampler running only DDIM steps [start, stop) of its grid."""
-        part = copy.copy(self.sampler)
-        part.scheduler = _StepWindow(self.sampler.scheduler, start, stop)  # type: ignore[assignment]
-        return part
 
     @torch.no_grad()
     def separated_latents(
@@ -204,8 +156,7 @@ class SeparatedConditionInferer:
         if rows.numel() == 0:
             return out
         tokens = denoiser.encode_mask(uniform_masks(k, mask_size, device))  # once per call, K x (N, D)
-        sampler = self.sampler if stop is None else self._window(0, stop)
-        out[rows, labels] = sampler.sample_latents(noise[rows], tokens[labels], denoiser)
+        out[rows, labels] = self.sampler.sample_latents(noise[rows], tokens[labels], denoiser, stop=stop)
         return out
 
     @torch.no_grad()
@@ -227,7 +178,7 @@ class SeparatedConditionInferer:
         Raises:
             ValueError: if masks and noise do not fit together.
         """
-        masks = _label_map(masks, "masks")
+        masks = as_label_map(masks, name="masks")
         if masks.shape[0] != noise.shape[0]:
             raise ValueError(f"{masks.shape[0]} masks for {noise.shape[0]} noise samples.")
         k = int(denoiser.num_classes)
@@ -238,17 +189,8 @@ class SeparatedConditionInferer:
         if self.fuse_step is not None:
             context = denoiser.encode_mask(masks)
             null = denoiser.null_context(1) if self.sampler.guidance_scale != 1.0 else None
-            steps = self.sampler.num_inference_steps
-            fused = self._window(self.fuse_step, steps).sample_latents(fused, context, denoiser, null)
+            fused = self.sampler.sample_latents(fused, context, denoiser, null, start=self.fuse_step)
         return (fused, separated) if return_separated else fused
-
-    def decode(self, latents: Tensor, autoencoder: nn.Module) -> Tensor:
-        """Tiles (B, 3, H, W) in [-1, 1] from scaled latents, in chunks of the sampler's ``decode_batch_size``."""
-        scale = getattr(autoencoder, "scale_factor", 1.0)
-        chunks = latents.split(self.sampler.decode_batch_size or max(1, latents.shape[0]))
-        with torch.no_grad():
-            tiles = torch.cat([autoencoder.decode_stage_2_outputs(z / scale).float() for z in chunks])
-        return tiles.clamp_(-1.0, 1.0)
 
     @torch.no_grad()
     def sample(
@@ -277,10 +219,10 @@ class SeparatedConditionInferer:
         Raises:
             ValueError: if masks, seeds or noise do not fit together.
         """
-        masks = _label_map(masks, "masks")
+        masks = as_label_map(masks, name="masks")
         device = next(denoiser.parameters()).device
         noise = self.sampler.initial_noise(masks, autoencoder, denoiser, seeds, noise)
         out = self.sample_latents(noise, masks.to(device), denoiser, return_separated)
         fused, separated = out if isinstance(out, tuple) else (out, None)
-        tiles = self.decode(fused, autoencoder)
+        tiles = decode_latents(fused, autoencoder, self.sampler.decode_batch_size)
         return (tiles, separated) if separated is not None else tiles

@@ -6,7 +6,6 @@ from .fidelity import MaskFidelity
 from .pixel import (
     LAPC_GROUPS,
     PixelGradingMetric,
-    as_label_map,
     grading_scores,
     group_confusion_matrix,
     pixel_confusion_matrix,
@@ -17,7 +16,6 @@ __all__ = [
     "LAPC_GROUPS",
     "MaskFidelity",
     "PixelGradingMetric",
-    "as_label_map",
     "grading_scores",
     "group_confusion_matrix",
     "pixel_confusion_matrix",

@@ -78,7 +78,7 @@ class MaskFidelity:
         """
         if images.ndim != 4:
             raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}.")
-        m = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks
+        m = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks  # as_label_map in the metric
         if m.ndim != 3 or m.shape[0] != images.shape[0] or m.shape[-2:] != images.shape[-2:]:
             raise ValueError(
                 f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}: "

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from monai.metrics import CumulativeIterationMetric
 
+from monai_disc.transforms.functional import as_label_map
+
 __all__ = [
     "LAPC_GROUPS",
     "PixelGradingMetric",
-    "as_label_map",
     "grading_scores",
     "group_confusion_matrix",
     "pixel_confusion_matrix",
@@ -25,31 +26,6 @@ __all__ = [
 
 # Low- vs advanced-grade cancer: NC stays NC, GG3 alone, GG4 and GG5 together.
 LAPC_GROUPS: tuple[tuple[int, ...], ...] = ((0,), (1,), (2, 3))
-
-
-def as_label_map(x: torch.Tensor, num_classes: int, name: str = "input") -> torch.Tensor:
-    """Integer label map (B, H, W) from labels (B, H, W) / (B, 1, H, W) or scores (B, K, H, W).
-
-    Scores (logits, probabilities, one-hot) with K == ``num_classes`` channels are reduced by argmax.
-
-    Raises:
-        ValueError: for other shapes, or labels outside ``0 .. num_classes - 1``.
-    """
-    if x.ndim == 4:
-        if x.shape[1] == 1:
-            x = x[:, 0]
-        elif x.shape[1] == num_classes:
-            x = x.argmax(dim=1)
-        else:
-            raise ValueError(
-                f"{name}: expected (B, H, W), (B, 1, H, W) or (B, {num_classes}, H, W), got {tuple(x.shape)}."
-            )
-    elif x.ndim != 3:
-        raise ValueError(f"{name}: expected (B, H, W), (B, 1, H, W) or (B, {num_classes}, H, W), got {tuple(x.shape)}.")
-    x = x.round().long() if x.is_floating_point() else x.long()
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_classes):
-        raise ValueError(f"{name}: labels must lie in 0..{num_classes - 1}, got {int(x.min())}..{int(x.max())}.")
-    return x
 
 
 def pixel_confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:

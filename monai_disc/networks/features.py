@@ -28,7 +28,7 @@ Cached bags (:func:`extract_bag_features`) are laid out as::
 
 Each slide file is written atomically, so a killed run resumes by skipping the slides already there; under
 torchrun rank ``r`` of ``W`` takes slides r, r + W, ..., and whichever rank sees every slide file present writes
-the manifest (no collective, as :func:`monai_disc.generate_slides.generate_slides`).
+the manifest (no collective, as :func:`monai_disc.apps.generate_slides.generate_slides`).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from monai_disc.bundles import CARCINONET_WEIGHTS, bundle_file
 from monai_disc.io import atomic_torch_save, atomic_write_text
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES
 from monai_disc.networks.carcinonet import (
@@ -79,7 +80,7 @@ LUNIT_STD: tuple[float, float, float] = (0.21716536, 0.26081574, 0.20723464)
 
 DEFAULT_EXTRACTOR = "carcinonet_toy"
 # The toy CarcinoNet the carcinonet bundle trains (a plain state dict of the whole network).
-DEFAULT_CARCINONET_WEIGHTS = Path(__file__).resolve().parents[2] / "bundles" / "carcinonet" / "models" / "model.pt"
+DEFAULT_CARCINONET_WEIGHTS = bundle_file(CARCINONET_WEIGHTS)
 FEATURE_MANIFEST = "manifest.csv"
 _EXTRACTOR_INFO = "extractor.json"
 _CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.")

@@ -27,6 +27,7 @@ from .dictionary import (
     SnapMaskToLabelsDict,
 )
 from .functional import (
+    as_label_map,
     assign_grades,
     label_masks_at_size,
     labels_at_size,
@@ -38,6 +39,7 @@ from .pipelines import folder_tile_transforms, sicapv2_tile_transforms, tile_tra
 
 __all__ = [
     "AssignGrades",
+    "as_label_map",
     "AssignGradesD",
     "AssignGradesDict",
     "AssignGradesd",

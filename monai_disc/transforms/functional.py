@@ -11,10 +11,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
+from monai.utils import ensure_tuple_rep
 
 from monai_disc.labels import NUM_CLASSES
 
 __all__ = [
+    "as_label_map",
     "assign_grades",
     "label_masks_at_size",
     "labels_at_size",
@@ -27,6 +29,44 @@ __all__ = [
 def _plain(x: NdarrayOrTensor) -> NdarrayOrTensor:
     """Drop MetaTensor bookkeeping: these functions compute on raw data."""
     return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def as_label_map(x: NdarrayOrTensor, num_classes: int | None = None, name: str = "mask") -> torch.Tensor:
+    """Integer label maps (B, H, W) int64 from labels (B, H, W) / (B, 1, H, W) or scores (B, K, H, W).
+
+    The one normalisation of label-map inputs (samplers, fusion, metrics): MetaTensors become plain tensors,
+    scores with K == ``num_classes`` channels (logits, probabilities, one-hot) are reduced by argmax, integral
+    floats become integers.
+
+    Args:
+        x: the label maps, numpy or torch.
+        num_classes: K; when given, scores with K channels are accepted and labels must lie in 0..K-1.
+        name: what ``x`` is, for the messages.
+
+    Raises:
+        ValueError: for other shapes, non-integer values, boolean or complex maps, or labels outside 0..K-1.
+    """
+    x = torch.as_tensor(_plain(x))
+    if type(x) is not torch.Tensor:
+        x = x.as_subclass(torch.Tensor)
+    expected = "(B, H, W) or (B, 1, H, W)" + ("" if num_classes is None else f" or (B, {num_classes}, H, W)")
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    elif x.ndim == 4 and num_classes is not None and x.shape[1] == num_classes:
+        x = x.argmax(dim=1)
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be integer labels {expected}, got shape {tuple(x.shape)}.")
+    if x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"{name} must hold integer labels, got dtype {x.dtype}.")
+    if x.is_floating_point():
+        if x.numel() and not torch.equal(x, x.round()):
+            raise ValueError(f"{name} must hold integer labels, got non-integer values.")
+    x = x.long()
+    if num_classes is not None and x.numel():
+        lo, hi = torch.aminmax(x)
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{name}: labels must lie in 0..{num_classes - 1}, got {int(lo)}..{int(hi)}.")
+    return x
 
 
 def snap_to_labels(
@@ -192,7 +232,7 @@ def reduction_factors(in_size: Sequence[int], size: int | Sequence[int]) -> tupl
     Raises:
         ValueError: when `size` does not divide `in_size` (or is not positive).
     """
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    h, w = (int(s) for s in ensure_tuple_rep(size, 2))
     H, W = int(in_size[0]), int(in_size[1])
     if h <= 0 or w <= 0 or H % h or W % w:
         raise ValueError(f"target size {(h, w)} must be positive and divide the label map size {(H, W)}")

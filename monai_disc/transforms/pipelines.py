@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from monai.transforms import Compose, Resized, ScaleIntensityRanged
+from monai.utils import ensure_tuple_rep
 
 from monai_disc.labels import NUM_CLASSES, SICAPV2_MASK_VALUES, SICAPV2_VALUE_TO_LABEL
 from monai_disc.transforms.dictionary import CheckSameSpatialShaped, LoadPILImaged, SnapMaskToLabelsd
@@ -44,7 +45,7 @@ def tile_transforms(
         steps += [LoadPILImaged(mask_key, mode="L"), CheckSameSpatialShaped(keys)]
     if spatial_size is not None:
         # before snapping: Resize returns float32, snapping then gives int64 labels
-        size = (spatial_size, spatial_size) if isinstance(spatial_size, int) else tuple(spatial_size)
+        size = ensure_tuple_rep(spatial_size, 2)
         modes = ["area"] if mask_key is None else ["area", "nearest"]
         steps.append(Resized(keys, spatial_size=size, mode=modes))
     if mask_key is not None:

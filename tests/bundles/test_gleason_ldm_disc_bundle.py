@@ -14,8 +14,8 @@ from PIL import Image
 
 from monai_disc.engines import distill_seed, mask_seed
 from monai_disc.inferers import MaskLDMSampler, SeparatedConditionInferer
+from monai_disc.masks import ShapeBank
 from monai_disc.networks import mask_ldm_toy, vq_f4_toy
-from monai_disc.sampling import ShapeBank
 from monai_disc.visualize import to_uint8
 
 BUNDLE = "gleason_ldm_disc"

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from monai_disc.apps.generate_slides import generate_slides
 from monai_disc.data.tilesets import BagDataset, load_sicapv2_bags, load_synthetic_bags, tile_loader
-from monai_disc.generate_slides import generate_slides
 from monai_disc.labels import LABEL_COLORS
-from monai_disc.sampling import ShapeBank, plan_slide
+from monai_disc.masks import ShapeBank, plan_slide
 
 SIZE = 16
 BAG_KEYS = {"slide_id", "tiles", "masks", "label", "primary", "secondary", "source"}

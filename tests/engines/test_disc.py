@@ -14,13 +14,13 @@ from monai.engines import SupervisedTrainer
 from monai.networks.schedulers import DDPMScheduler
 from support import tiny_denoiser
 
-from monai_disc.engines.disc import DISCPrepareBatch, random_masks
+from monai_disc.engines.disc import DISCPrepareBatch
 from monai_disc.engines.distill import DistillationSet, write_distillation_set
 from monai_disc.engines.ldm import LatentDiffusionPrepareBatch
 from monai_disc.engines.mixed import LOSS_REAL, LOSS_SYNTH, MixedSupervisedTrainer
 from monai_disc.inferers.mask_ldm import LDM_SCHEDULE, MaskLDMSampler
+from monai_disc.masks import ShapeBank, random_masks
 from monai_disc.networks.autoencoder import vq_f4_toy
-from monai_disc.sampling import ShapeBank
 from monai_disc.transforms import labels_at_size
 
 torch.set_num_threads(1)
@@ -163,8 +163,7 @@ def test_cotrain_loss_is_the_mean_of_the_real_and_the_disc_losses(distill_dir):
 def test_random_masks_crop_keeps_the_drawing_scale():
     import numpy as np
 
-    from monai_disc.engines.disc import random_masks
-    from monai_disc.sampling import ShapeBank
+    from monai_disc.masks import ShapeBank, random_masks
 
     stripes = np.zeros((8, 8), np.uint8)
     stripes[:, 4:] = 1  # two ranks, 4 px wide each

@@ -1,23 +1,11 @@
 """Slide plans -> synthetic slide bags on disk, with any mask-to-tile generator.
 
 Every generator (SD, SD-SC, SD-DISC, SD-DISC-CoTrain) draws the same slides from the same plans
-(:mod:`monai_disc.sampling`): tile `t` of a slide is drawn from the plan's mask and the plan's noise seed,
+(:mod:`monai_disc.masks.plans`): tile `t` of a slide is drawn from the plan's mask and the plan's noise seed,
 so the comparison between generators is fair and a slide can be regenerated on its own.
 
-Layout written under `out_dir` (each slide folder is a plain tile folder, :func:`monai_disc.data.load_folder`
-reads it as it is)::
-
-    out_dir/
-      manifest.csv                   one row per slide: slide_id, primary, secondary, NC, GG3, GG4, GG5
-                                     (multi-hot 0/1), n_tiles, generator, seed, index
-      <slide_id>/
-        images/0000.png ...          RGB tiles, in plan order
-        masks/0000.png ...           8-bit label maps 0..3 (0 NC, 1 GG3, 2 GG4, 3 GG5): the plan's masks
-        labels.csv                   image, slide_id, label (grades in the tile, e.g. "NC;GG4"), source_id, seed
-        slide.json                   the slide's plan and the generator's name
-      .<slide_id>.partial/           a slide being written (removed and redone after a kill)
-
-A slide is written into its `.partial` folder and renamed when complete, so a finished slide is never half
+The layout written under `out_dir` is :mod:`monai_disc.data.synthetic`'s (defined there once, with its reader);
+a slide being written lives in `.<slide_id>.partial/` (removed and redone after a kill). A slide is written into its `.partial` folder and renamed when complete, so a finished slide is never half
 there: a job killed at any point resumes by skipping finished slides and redoing only the unfinished one. The
 tiles of a slide are drawn in batches that depend only on the slide and `batch_size`, so a resumed or sharded
 run writes the same bytes as an uninterrupted one.
@@ -38,98 +26,34 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from monai_disc.data.synthetic import (
+    IMAGES_DIR,
+    MANIFEST_NAME,
+    MASKS_DIR,
+    SLIDE_INFO_NAME,
+    TILE_LABELS_NAME,
+    manifest_text,
+)
 from monai_disc.distributed import resolve_rank
+from monai_disc.inferers.generators import TileGenerator
 from monai_disc.io import atomic_write_text
 from monai_disc.labels import LABEL_NAMES
-from monai_disc.sampling import ShapeBank, SlidePlan, manifest_rows
+from monai_disc.masks import ShapeBank, SlidePlan
 from monai_disc.visualize import save_picture, to_uint8
 
-__all__ = [
-    "IMAGES_DIR",
-    "MANIFEST_COLUMNS",
-    "MANIFEST_NAME",
-    "MASKS_DIR",
-    "SLIDE_INFO_NAME",
-    "LDMGenerator",
-    "TileGenerator",
-    "generate_slides",
-    "generator_name",
-    "resolve_rank",
-    "shard_plans",
-    "tile_name",
-]
+__all__ = ["generate_slides", "generator_name", "shard_plans", "tile_name"]
 
-MANIFEST_NAME = "manifest.csv"
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "slide_id",
-    "primary",
-    "secondary",
-    *LABEL_NAMES,
-    "n_tiles",
-    "generator",
-    "seed",
-    "index",
-)
-IMAGES_DIR = "images"
-MASKS_DIR = "masks"
-SLIDE_INFO_NAME = "slide.json"
-TILE_LABELS_NAME = "labels.csv"
 _PARTIAL_SUFFIX = ".partial"
 _INFO_FORMAT = 1
 
 logger = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class TileGenerator(Protocol):
-    """What :func:`generate_slides` draws tiles with: masks and noise seeds in, tiles in [-1, 1] out.
-
-    Implementations must make tile `i` a function of (`masks[i]`, `seeds[i]`) only. An optional `name`
-    attribute is recorded in the manifest (see :func:`generator_name`).
-    """
-
-    def sample(self, masks: Tensor, seeds: Sequence[int]) -> Tensor:
-        """Tiles (B, 3, H, W) float in [-1, 1] for integer label maps `masks` (B, H, W), one seed per mask."""
-        ...
-
-
-class LDMGenerator:
-    """A latent-diffusion sampler with its networks, as a :class:`TileGenerator`.
-
-    Fits any sampler called as ``sampler.sample(masks, autoencoder, denoiser, seeds=seeds)``: MONAI-style
-    samplers hold the schedule and take the networks as arguments (SD: :class:`monai_disc.inferers.MaskLDMSampler`;
-    SD-SC: the separated-condition inferer). SD-DISC and SD-DISC-CoTrain are the SD sampler with fine-tuned
-    denoiser weights. The networks are put in eval mode.
-
-    Args:
-        sampler: the sampling algorithm.
-        autoencoder: the first stage that decodes latents.
-        denoiser: the mask-conditioned noise predictor.
-        name: the generator's name in the manifest, e.g. "SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain".
-    """
-
-    def __init__(self, sampler: Any, autoencoder: nn.Module, denoiser: nn.Module, name: str = "SD") -> None:
-        if not callable(getattr(sampler, "sample", None)):
-            raise TypeError(
-                f"sampler must have a sample(masks, autoencoder, denoiser, seeds=...) method, got {sampler!r}"
-            )
-        self.sampler = sampler
-        self.autoencoder = autoencoder.eval()
-        self.denoiser = denoiser.eval()
-        self.name = str(name)
-
-    @torch.no_grad()
-    def sample(self, masks: Tensor, seeds: Sequence[int]) -> Tensor:
-        """Tiles (B, 3, H, W) in [-1, 1] on the CPU, for label maps (B, H, W) and one seed per mask."""
-        tiles = self.sampler.sample(masks, self.autoencoder, self.denoiser, seeds=list(seeds))
-        return tiles.detach().float().cpu()
 
 
 def generator_name(generator: Any) -> str:
@@ -213,11 +137,6 @@ def _csv_text(header: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue()
-
-
-def _manifest_text(plans: Sequence[SlidePlan], generator: str) -> str:
-    rows = [{**row, "generator": generator} for row in manifest_rows(plans)]
-    return _csv_text(MANIFEST_COLUMNS, rows)
 
 
 def _tile_label_rows(plan: SlidePlan, masks: Sequence[np.ndarray]) -> list[dict[str, Any]]:
@@ -310,10 +229,10 @@ def generate_slides(
     seed `plan.tiles[t].seed`, in batches of at most `batch_size` tiles of that slide.
 
     Args:
-        plans: the slides, e.g. :func:`monai_disc.sampling.plan_synthetic_slides` or
-            :func:`monai_disc.sampling.load_plans`; every generator should get the same plans.
+        plans: the slides, e.g. :func:`monai_disc.masks.plan_synthetic_slides` or
+            :func:`monai_disc.masks.load_plans`; every generator should get the same plans.
         out_dir: output folder (created).
-        generator: a :class:`TileGenerator`, e.g. :class:`LDMGenerator`.
+        generator: a :class:`TileGenerator`, e.g. :class:`monai_disc.inferers.LDMGenerator`.
         bank: the shape bank the plans were made with.
         batch_size: tiles per generator call.
         rank, world_size: this process's shard (slides rank, rank + world_size, ...); None reads them from
@@ -376,4 +295,4 @@ def generate_slides(
     if missing:
         logger.info("manifest not written yet: %d slides of other ranks missing (e.g. %s)", len(missing), missing[0])
         return None
-    return atomic_write_text(manifest, _manifest_text(plans, name))
+    return atomic_write_text(manifest, manifest_text(plans, name))

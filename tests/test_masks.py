@@ -1,15 +1,17 @@
-"""Shape bank (m_freq), slide planner and slide balancer of `monai_disc.sampling`."""
+"""Shape bank (m_freq), slide planner and slide balancer of `monai_disc.masks`."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from monai_disc.sampling import (
+from monai_disc.data.synthetic import manifest_text
+from monai_disc.masks import (
     ShapeBank,
     balance_slides,
     count_primary_grades,
@@ -20,7 +22,6 @@ from monai_disc.sampling import (
     resize_nearest,
     save_plans,
     tile_noise_seed,
-    write_manifest,
 )
 
 NC, GG3, GG4, GG5 = 0, 1, 2, 3
@@ -207,18 +208,17 @@ def test_plan_is_deterministic_for_a_seed_and_each_slide_stands_alone(bank):
     assert len(set(seeds)) == len(seeds) and seeds[0] == tile_noise_seed(7, 0, 0)
 
 
-def test_plans_round_trip_through_json_and_write_a_manifest(tmp_path, bank):
+def test_plans_round_trip_through_json_and_make_the_manifest_rows(tmp_path, bank):
     plans = plan_synthetic_slides({NC: 1, GG3: 1, GG4: 2, GG5: 0}, bank, target=2, seed=4, n_tiles=(2, 4))
     loaded = load_plans(save_plans(plans, tmp_path / "plan.json", bank))
     assert loaded == plans
     np.testing.assert_array_equal(next(loaded[-1].masks(bank)), next(plans[-1].masks(bank)))
-    with open(write_manifest(plans, tmp_path / "slides.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(manifest_text(plans, "SD"))))
     assert [r["slide_id"] for r in rows] == [p.slide_id for p in plans]
     last = rows[-1]
     assert last["primary"] == "GG5" and last["secondary"] in {"GG4", "GG5"}
     assert [int(last[k]) for k in ("NC", "GG3", "GG4", "GG5")] == plans[-1].label.astype(int).tolist()
-    assert int(last["n_tiles"]) == plans[-1].n_tiles and int(last["seed"]) == 4
+    assert int(last["n_tiles"]) == plans[-1].n_tiles and int(last["seed"]) == 4 and last["generator"] == "SD"
     (tmp_path / "bad.json").write_text(json.dumps({"slides": [{"slide_id": "x"}]}))
     with pytest.raises(ValueError, match="bad.json"):
         load_plans(tmp_path / "bad.json")

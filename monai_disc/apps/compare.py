@@ -40,33 +40,23 @@ from monai.metrics import FIDMetric
 from scipy.linalg import LinAlgWarning
 from torch import Tensor, nn
 
+from monai_disc.bundles import CARCINONET_WEIGHTS, bundle_file
 from monai_disc.data import load_sicapv2
-from monai_disc.generate_slides import LDMGenerator
-from monai_disc.generators import GENERATORS
-from monai_disc.inferers import MaskLDMSampler, SeparatedConditionInferer
+from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, load_generator, load_weights
 from monai_disc.io import atomic_torch_save, atomic_write_text
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
-from monai_disc.metrics import MaskFidelity, as_label_map
-from monai_disc.transforms import sicapv2_tile_transforms
+from monai_disc.metrics import MaskFidelity
+from monai_disc.transforms import as_label_map, sicapv2_tile_transforms
 from monai_disc.visualize import save_grid, to_uint8
 
 __all__ = [
-    "GENERATOR_NAMES",
-    "RULER_WEIGHTS",
     "compare_generators",
     "format_comparison",
     "held_out_masks",
-    "make_generators",
     "ruler_features",
     "ruler_fid",
     "run_comparison",
 ]
-
-# The four generators of the paper, in the order of its tables and of Figure 5 (named once, in generators.py).
-GENERATOR_NAMES: tuple[str, ...] = tuple(display for display, _, _ in GENERATORS.values())
-
-# The CarcinoNet ruler's weights, relative to the bundles folder (the generators': monai_disc.generators).
-RULER_WEIGHTS = "carcinonet/models/model.pt"
 
 Generator = Callable[[Tensor, Sequence[int]], Tensor]
 _PARTS_DIR = ".compare_parts"
@@ -74,53 +64,8 @@ _PART_FORMAT = 1
 
 
 # ----------------------------------------------------------------------------------------------
-# generators and masks
+# masks
 # ----------------------------------------------------------------------------------------------
-def make_generators(
-    autoencoder: nn.Module,
-    sd_denoiser: nn.Module,
-    disc_denoiser: nn.Module | None = None,
-    cotrain_denoiser: nn.Module | None = None,
-    steps: int = 50,
-    guidance_scale: float = 1.0,
-    fuse_step: int | None = None,
-    progress: bool = False,
-) -> dict[str, Generator]:
-    """The paper's four generators as callables ``(masks, seeds) -> tiles``, those whose weights are given.
-
-    SD and SD-SC share the SD denoiser (SD-SC is the separated-condition inferer on it); SD-DISC and
-    SD-DISC-CoTrain are the plain SD sampler on their fine-tuned denoisers. Each generator gets its own sampler,
-    so no scheduler state is shared.
-
-    Args:
-        autoencoder: the first stage all generators decode with.
-        sd_denoiser: the trained mask-conditioned denoiser (SD, and SD-SC).
-        disc_denoiser: the SD-DISC fine-tuned denoiser, or None to leave SD-DISC out.
-        cotrain_denoiser: the SD-DISC-CoTrain denoiser, or None to leave it out.
-        steps: DDIM steps of every generator (200 in the paper).
-        guidance_scale: classifier-free guidance weight (1: plain conditional sampling).
-        fuse_step: SD-SC's fusion step (None: at the end, as in the paper).
-        progress: show a progress bar over the DDIM steps.
-
-    Returns:
-        name -> generator, in :data:`GENERATOR_NAMES` order; each returns tiles (B, 3, H, W) in [-1, 1] on the CPU.
-    """
-
-    def sampler() -> MaskLDMSampler:
-        return MaskLDMSampler(num_inference_steps=steps, guidance_scale=guidance_scale, progress=progress)
-
-    generators: dict[str, Generator] = {
-        "SD": LDMGenerator(sampler(), autoencoder, sd_denoiser, name="SD").sample,
-        "SD-SC": LDMGenerator(
-            SeparatedConditionInferer(sampler(), fuse_step=fuse_step), autoencoder, sd_denoiser, name="SD-SC"
-        ).sample,
-    }
-    for name, denoiser in (("SD-DISC", disc_denoiser), ("SD-DISC-CoTrain", cotrain_denoiser)):
-        if denoiser is not None:
-            generators[name] = LDMGenerator(sampler(), autoencoder, denoiser, name=name).sample
-    return generators
-
-
 def _label_fractions(mask: Tensor, window: tuple[int, int], stride: tuple[int, int]) -> Tensor:
     """(K, nh, nw): the share of each label in every window of the mask, windows on a grid of the given stride."""
     one_hot = F.one_hot(mask.long(), NUM_CLASSES).permute(2, 0, 1).float()[None]
@@ -326,6 +271,19 @@ def _run_generator(
     }
 
 
+def _sampler_record(generators: Mapping[str, Any]) -> tuple[int | None, float | None]:
+    """(DDIM steps, guidance scale) shared by the generators' samplers, read from the samplers themselves; None
+    for a setting the generators do not share or do not expose (e.g. plain callables)."""
+    settings = set()
+    for generator in generators.values():
+        sampler = getattr(getattr(generator, "__self__", generator), "ldm_sampler", None)
+        settings.add(None if sampler is None else (sampler.num_inference_steps, sampler.guidance_scale))
+    if len(settings) != 1 or None in settings:
+        return None, None
+    steps, guidance = settings.pop()
+    return int(steps), float(guidance)
+
+
 def _ruler_name(ruler: nn.Module) -> str:
     params = sum(p.numel() for p in ruler.parameters())
     return f"{type(ruler).__name__} ({params / 1e6:.2f} M parameters, weights {_digest(ruler)[:8]})"
@@ -339,10 +297,8 @@ def compare_generators(
     real_tiles: Tensor,
     out_dir: str | os.PathLike,
     batch_size: int = 8,
-    steps: int | None = None,
     ruler_name: str | None = None,
     grid_rows: int = 6,
-    guidance_scale: float | None = None,
     warmup: bool = True,
     resume: bool = False,
     mask_tiles: Tensor | None = None,
@@ -351,8 +307,9 @@ def compare_generators(
 
     Args:
         generators: name -> callable ``(masks (B, H, W), seeds) -> tiles (B, 3, H, W)`` in [-1, 1] (or an
-            object with such a ``sample`` method), e.g. :func:`make_generators`. Tile i must depend on
-            ``masks[i]`` and ``seeds[i]`` only.
+            object with such a ``sample`` method), e.g. :func:`monai_disc.inferers.load_generator`'s. Tile i must
+            depend on
+            ``masks[i]`` and ``seeds[i]`` only. The table records the DDIM steps and guidance their samplers share.
         masks: (N, H, W) or (N, 1, H, W) integer labels 0..3, the same for every generator.
         seeds: N noise seeds, mask i drawn from seed i by every generator.
         ruler: trained segmenter (CarcinoNet): ``forward`` gives (B, 4, H, W) logits, ``encode`` (B, C) features.
@@ -360,10 +317,8 @@ def compare_generators(
             tile size, since pooled features change with the field of view).
         out_dir: where ``compare.md``, ``compare.json`` and ``compare_grid.png`` go.
         batch_size: masks per generator call and tiles per ruler call.
-        steps: the generators' DDIM steps, for the record.
         ruler_name: how the table names the ruler; defaults to its class, size and a digest of its weights.
         grid_rows: masks shown in the picture grid.
-        guidance_scale: the generators' classifier-free guidance weight, for the record.
         warmup: run each generator once on the first mask, untimed, before timing it.
         resume: reuse a generator's stored results from an earlier run in ``out_dir`` when its name, class,
             network weights, the masks, seeds, steps and the ruler all match.
@@ -384,7 +339,8 @@ def compare_generators(
         raise ValueError("no generators to compare.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    masks = as_label_map(torch.as_tensor(masks).as_subclass(Tensor), NUM_CLASSES, "masks").cpu()
+    masks = as_label_map(masks, NUM_CLASSES, "masks").cpu()
+    steps, guidance_scale = _sampler_record(generators)
     seeds = [int(s) for s in seeds]
     if len(seeds) != len(masks) or not len(masks):
         raise ValueError(f"need one seed per mask and at least one mask, got {len(seeds)} seeds, {len(masks)} masks.")
@@ -534,38 +490,39 @@ def format_comparison(result: Mapping[str, Any], timing: bool = True) -> str:
 def run_comparison(
     data_root: str | os.PathLike,
     out_dir: str | os.PathLike,
-    bundles: str | os.PathLike = "bundles",
+    bundles_dir: str | os.PathLike | None = None,
     num_masks: int = 16,
-    steps: int = 50,
+    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    guidance_scale: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
     size: int | None = 64,
     num_real: int = 256,
     device: str | None = None,
     resume: bool = False,
-    guidance_scale: float = 1.0,
 ) -> dict[str, Any]:
-    """Compare SD, SD-SC and, where their weights exist, SD-DISC and SD-DISC-CoTrain from the bundles' weights.
+    """Compare every registered generator (:data:`monai_disc.inferers.GENERATORS`) whose weights exist.
 
-    The generators are :func:`monai_disc.generators.load_generator`'s, from the weights under ``bundles``;
-    SD-DISC and SD-DISC-CoTrain are skipped when their weights are missing. The ruler is the CarcinoNet of
-    :data:`RULER_WEIGHTS`. Masks are :func:`held_out_masks` (>= 2 labels, cropped to ``size``), and their real
-    tiles give the ``real`` reference row; the FID reference is up to ``num_real`` held-out real tiles cropped
-    the same way.
+    The generators are :func:`monai_disc.inferers.load_generator`'s, from the weights under ``bundles_dir``;
+    those whose weights are missing (e.g. SD-DISC before it is trained) are skipped. The ruler is the CarcinoNet
+    of :data:`monai_disc.bundles.CARCINONET_WEIGHTS`. Masks are :func:`held_out_masks` (>= 2 labels, cropped to
+    ``size``), and their real tiles give the ``real`` reference row; the FID reference is up to ``num_real``
+    held-out real tiles cropped the same way.
 
     Args:
         data_root: a SICAPv2-layout folder (e.g. the toy set of ``monai-disc toy-data``).
         out_dir: output folder.
-        bundles: folder holding ``gleason_ldm``, ``gleason_ldm_disc`` and ``carcinonet``.
+        bundles_dir: folder holding ``gleason_ldm``, ``gleason_ldm_disc`` and ``carcinonet``; None: the source
+            checkout's ``bundles/``.
         num_masks: held-out masks to draw for.
-        steps: DDIM steps.
+        num_inference_steps: DDIM steps of every generator.
+        guidance_scale: classifier-free guidance weight of every generator (1: plain sampling, the paper's).
         seed: seed of the first mask; mask i uses ``seed + i``.
         batch_size: masks per generator call.
         size: tile size the generators draw (64 for the toy LDM); None keeps whole tiles.
         num_real: real tiles for the FID reference.
         device: "cuda" or "cpu"; None picks the GPU when there is one.
         resume: reuse generators finished by an earlier run into ``out_dir``.
-        guidance_scale: classifier-free guidance weight of every generator (1: plain sampling, the paper's).
 
     Returns:
         :func:`compare_generators`'s result.
@@ -573,16 +530,17 @@ def run_comparison(
     Raises:
         FileNotFoundError: when the SD, autoencoder or ruler weights are missing.
     """
-    from monai_disc.generators import load_generator, load_weights
     from monai_disc.networks import carcinonet_toy
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    root = Path(bundles)
-    ruler = load_weights(carcinonet_toy(), root / RULER_WEIGHTS).to(dev)
+    ruler_path = bundle_file(CARCINONET_WEIGHTS, bundles_dir)
+    ruler = load_weights(carcinonet_toy(), ruler_path).to(dev)
     generators = {
-        display: load_generator(key, root, steps=steps, device=dev, guidance_scale=guidance_scale)
-        for key, (display, weights, _) in GENERATORS.items()
-        if key in ("sd", "sc") or (root / weights).is_file()
+        entry.display: load_generator(
+            key, bundles_dir, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, device=dev
+        )
+        for key, entry in GENERATORS.items()
+        if key in ("sd", "sc") or bundle_file(entry.weights, bundles_dir).is_file()
     }
     masks, mask_tiles = held_out_masks(data_root, num_masks, min_labels=2, size=size)
     _, real_tiles = held_out_masks(data_root, num_real, min_labels=1, size=size)
@@ -594,9 +552,7 @@ def run_comparison(
         real_tiles,
         out_dir,
         batch_size=batch_size,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        ruler_name=f"CarcinoNet toy ({root / RULER_WEIGHTS})",
+        ruler_name=f"CarcinoNet toy ({ruler_path})",
         resume=resume,
         mask_tiles=mask_tiles,
     )

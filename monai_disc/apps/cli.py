@@ -10,8 +10,6 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-REPO_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
-
 
 def _toy_data(args: argparse.Namespace) -> None:
     from monai_disc.data.sicapv2 import format_summary, summarize_sicapv2
@@ -32,39 +30,68 @@ def _summary(args: argparse.Namespace) -> None:
     print(format_summary(summarize_sicapv2(args.root)))
 
 
-def _generate_slides(args: argparse.Namespace) -> None:
+def _shape_bank(data: str, path: Path, size: int):
+    """The shape bank at ``path``, built from the SICAPv2 Train masks of ``data`` when it is not there yet."""
     from monai_disc.data import load_sicapv2
-    from monai_disc.generate_slides import generate_slides
-    from monai_disc.generators import load_generator
-    from monai_disc.sampling import ShapeBank, load_plans, plan_synthetic_slides, save_plans
+    from monai_disc.masks import ShapeBank
+
+    if path.is_file():
+        return ShapeBank.load(path)
+    bank = ShapeBank.from_data_list(load_sicapv2(data, "Test", "Train"), size=size)
+    bank.save(path)
+    return bank
+
+
+def _generate_slides(args: argparse.Namespace) -> None:
+    from monai_disc.apps.generate_slides import generate_slides
+    from monai_disc.inferers import load_generator
+    from monai_disc.masks import load_plans, plan_synthetic_slides, save_plans
 
     out = Path(args.out)
-    bank_path, plans_path = out / "shape_bank.npz", out / "plans.json"
+    plans_path = out / "plans.json"
     # one bank and one plan for every generator: the paper's fair comparison
-    if bank_path.is_file():
-        bank = ShapeBank.load(bank_path)
-    else:
-        bank = ShapeBank.from_data_list(load_sicapv2(args.data, "Test", "Train"), size=args.tile_size)
-        bank.save(bank_path)
+    bank = _shape_bank(args.data, out / "shape_bank.npz", args.tile_size)
     if plans_path.is_file():
         plans = load_plans(plans_path)
     else:
         plans = plan_synthetic_slides(args.data, bank, target=args.target, seed=args.seed, n_tiles=args.tiles)
         save_plans(plans, plans_path, bank)
     print(f"{len(plans)} synthetic slides planned to bring every primary grade to {args.target} slides")
-    generator = load_generator(args.generator, args.bundles, steps=args.steps)
+    generator = load_generator(
+        args.generator, args.bundles, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale
+    )
     manifest = generate_slides(plans, out / args.generator, generator, bank, batch_size=args.batch_size)
     print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish writes the manifest")
 
 
 def _compare_generators(args: argparse.Namespace) -> None:
-    from monai_disc.compare import format_comparison, run_comparison
+    from monai_disc.apps.compare import format_comparison, run_comparison
 
     result = run_comparison(
-        args.data, args.out, bundles=args.bundles, num_masks=args.masks, steps=args.steps, seed=args.seed,
-        size=args.tile_size, resume=args.resume, guidance_scale=args.guidance,
+        args.data, args.out, bundles_dir=args.bundles, num_masks=args.masks,
+        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, seed=args.seed,
+        size=args.tile_size, resume=args.resume,
     )  # fmt: skip
     print(format_comparison(result))
+
+
+def _distill_set(args: argparse.Namespace) -> None:
+    from monai_disc.engines import write_distillation_set
+    from monai_disc.inferers import latent_shape_for, load_generator
+
+    out = Path(args.out)
+    if args.data:
+        _shape_bank(args.data, out / "shape_bank.npz", args.bank_size)
+    generator = load_generator(
+        args.generator, args.bundles, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale
+    )
+    size = (args.tile_size, args.tile_size)
+    write_distillation_set(
+        out / "distill", generator.denoiser, args.sets,
+        latent_shape_for(generator.autoencoder, size, generator.denoiser.in_channels), generator.autoencoder,
+        image_size=size, shard_size=args.shard_size, seed=args.seed, sampler=generator.ldm_sampler,
+        batch_size=args.batch_size,
+    )  # fmt: skip
 
 
 def _extract_features(args: argparse.Namespace) -> None:
@@ -91,7 +118,7 @@ def _named_dirs(pairs: Sequence[str], option: str) -> dict[str, str]:
 
 
 def _lambda_sweep(args: argparse.Namespace) -> None:
-    from monai_disc.sweep import format_sweep, lambda_sweep
+    from monai_disc.apps.sweep import format_sweep, lambda_sweep
 
     summary = lambda_sweep(
         args.train, args.val, _named_dirs(args.test, "--test"), _named_dirs(args.synthetic, "--synthetic"),
@@ -102,9 +129,26 @@ def _lambda_sweep(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from monai_disc.demo import run_demo
+    from monai_disc.apps.demo import run_demo
 
-    run_demo(Path(args.out), bundles=Path(args.bundles), seed=args.seed, steps=args.steps, n_slides=args.slides)
+    run_demo(
+        Path(args.out), bundles_dir=args.bundles, seed=args.seed, num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale, n_slides=args.slides,
+    )  # fmt: skip
+
+
+def _add_sampling(p: argparse.ArgumentParser, generator: bool = True) -> None:
+    """The options of every command that draws tiles: generator, bundles folder, DDIM steps, guidance."""
+    from monai_disc.bundles import REPO_BUNDLES
+    from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS
+
+    if generator:
+        p.add_argument("--generator", default="sd", choices=list(GENERATORS), help="a registered generator")
+    p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
+    p.add_argument("--num-inference-steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS, help="DDIM steps per tile")
+    p.add_argument(
+        "--guidance-scale", type=float, default=1.0, help="classifier-free guidance weight (1: plain sampling)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,12 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate-slides", help="plan synthetic slides that balance the primary grades and draw them")
     p.add_argument("--data", required=True, help="SICAPv2 root whose training masks and slides are balanced")
     p.add_argument("--out", required=True, help="output folder: bank, plans, and one slide folder per generator")
-    p.add_argument("--generator", default="sd", choices=["sd", "sc", "disc", "cotrain"])
-    p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
+    _add_sampling(p)
     p.add_argument("--target", type=int, default=100, help="slides per primary grade, real plus synthetic")
     p.add_argument("--tiles", type=int, nargs=2, default=(20, 100), metavar=("MIN", "MAX"), help="tiles per slide")
     p.add_argument("--tile-size", type=int, default=64, help="tile size the generator draws")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps per tile")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_generate_slides)
@@ -139,14 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare-generators", help="SD, SD-SC, SD-DISC, SD-DISC-CoTrain on the same masks and seeds")
     p.add_argument("--data", required=True, help="SICAPv2 root whose held-out masks condition the generators")
     p.add_argument("--out", required=True, help="output folder: compare.md, compare.json, compare_grid.png")
-    p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
+    _add_sampling(p, generator=False)
     p.add_argument("--masks", type=int, default=16, help="held-out masks with two or more labels")
     p.add_argument("--tile-size", type=int, default=64, help="tile size the generators draw")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps per tile")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (1: plain sampling)")
     p.add_argument("--resume", action="store_true", help="reuse stored results of unchanged generators")
     p.set_defaults(func=_compare_generators)
+
+    p = sub.add_parser("distill-set", help="DISC's distillation set: separated latents under the uniform masks")
+    p.add_argument("--out", required=True, help="output folder: distill/ (shards, manifest) and shape_bank.npz")
+    p.add_argument("--data", help="SICAPv2 root whose Train masks make the shape bank DISC draws its masks from")
+    _add_sampling(p)
+    p.add_argument("--sets", type=int, default=2000, help="number of sets (the paper: 20,000)")
+    p.add_argument("--tile-size", type=int, default=64, help="tile size of the uniform masks (the SD model's)")
+    p.add_argument("--bank-size", type=int, default=128, help="side of the stored m_freq shapes")
+    p.add_argument("--shard-size", type=int, default=256, help="sets per shard file")
+    p.add_argument("--batch-size", type=int, default=8, help="sets per denoiser batch (K rows each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_distill_set)
 
     p = sub.add_parser("extract-features", help="cache per-slide tile features of real or synthetic slides")
     source = p.add_mutually_exclusive_group(required=True)
@@ -175,9 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded toy data")
     p.add_argument("--out", default="demo_out", help="output folder")
-    p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
+    _add_sampling(p, generator=False)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps per tile")
     p.add_argument("--slides", type=int, default=40, help="slides of the toy set")
     p.set_defaults(func=_demo)
     return parser

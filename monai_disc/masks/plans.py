@@ -1,9 +1,7 @@
-"""Generation masks for synthetic tiles and slides: a bank of m_freq shapes and a slide planner.
+"""Slide plans: which bank shapes, grades and noise seeds make each synthetic tile and slide.
 
-Annotated masks are turned into frequency-rank shapes ("m_freq": most frequent label -> 0, see
-:func:`monai_disc.transforms.relabel_by_frequency`), which keep an annotator's drawing and drop its
-grades. A generation mask is a bank shape whose ranks get grade labels by random weights, without
-overlap (:func:`monai_disc.transforms.assign_grades`). A synthetic slide of a given primary and
+A generation mask is a :class:`monai_disc.masks.ShapeBank` shape whose frequency ranks get grade labels by
+random weights, without overlap (:func:`monai_disc.transforms.assign_grades`). A synthetic slide of a given primary and
 secondary grade is 20-100 such masks with grades drawn from {NC, primary, secondary}; a slide whose
 primary is NC is NC only. :func:`balance_slides` decides how many slides of each primary grade to add,
 :func:`plan_synthetic_slides` plans them all.
@@ -16,53 +14,35 @@ slide can be re-planned (or checked) on its own.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
-from monai.config import NdarrayOrTensor
 
-from monai_disc.io import atomic_write_bytes, atomic_write_text
-from monai_disc.labels import (
-    GLEASON_PATTERN_TO_LABEL,
-    LABEL_NAMES,
-    NUM_CLASSES,
-    SICAPV2_MASK_VALUES,
-    SICAPV2_VALUE_TO_LABEL,
-    GleasonLabel,
-    multi_hot,
-)
-from monai_disc.transforms.functional import assign_grades, relabel_by_frequency
+from monai_disc.io import atomic_write_text
+from monai_disc.labels import GLEASON_PATTERN_TO_LABEL, LABEL_NAMES, NUM_CLASSES, GleasonLabel, multi_hot
+from monai_disc.masks.bank import RandomState, ShapeBank, _randint, resize_nearest
+from monai_disc.transforms.functional import assign_grades
 
 __all__ = [
     "DEFAULT_CONCENTRATION",
-    "DEFAULT_MIN_FRACTION",
     "SECONDARY_RULES",
-    "ShapeBank",
     "SlidePlan",
     "TilePlan",
     "allowed_labels",
     "balance_slides",
     "count_primary_grades",
-    "drop_specks",
     "load_plans",
-    "manifest_rows",
     "plan_slide",
     "plan_synthetic_slides",
-    "resize_nearest",
     "save_plans",
     "secondary_candidates",
     "tile_noise_seed",
-    "write_manifest",
 ]
-
-RandomState = Union[np.random.Generator, np.random.RandomState]  # noqa: UP007 (runs on Python 3.9)
 
 #: Dirichlet concentration of the per-tile weights of (NC, primary, secondary). The paper's weights
 #: (in its supplement) are not known; this default favours the primary grade, whose expected weight
@@ -70,26 +50,11 @@ RandomState = Union[np.random.Generator, np.random.RandomState]  # noqa: UP007 (
 #: definition the larger one.
 DEFAULT_CONCENTRATION: tuple[float, float, float] = (1.0, 2.0, 1.0)
 
-#: Connected regions smaller than this fraction of a mask are specks (JPEG noise at boundaries), not
-#: drawings: 8 px of a 64 px toy tile, 524 px (about 23 x 23) of a 512 px SICAPv2 tile.
-DEFAULT_MIN_FRACTION: float = 0.002
-
 #: Names accepted by :func:`balance_slides` for `secondary_rule`.
 SECONDARY_RULES: tuple[str, ...] = ("neighbour", "same", "any")
 
 _CANCER = (int(GleasonLabel.GG3), int(GleasonLabel.GG4), int(GleasonLabel.GG5))
 _PLAN_FORMAT = 1
-_BANK_FORMAT = 1
-
-
-# ----------------------------------------------------------------------------------------------
-# small helpers
-# ----------------------------------------------------------------------------------------------
-def _randint(rng: RandomState, low: int, high: int) -> int:
-    """Integer in [low, high] (inclusive) from a Generator or a RandomState."""
-    if isinstance(rng, np.random.Generator):
-        return int(rng.integers(low, high + 1))
-    return int(rng.randint(low, high + 1))
 
 
 def _slide_rng(seed: int, slide_index: int) -> np.random.Generator:
@@ -110,61 +75,6 @@ def tile_noise_seed(seed: int, slide_index: int, tile_index: int) -> int:
     return int(state[0] & 0x7FFFFFFF)
 
 
-def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {size}")
-    return int(h), int(w)
-
-
-def resize_nearest(labels: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (H, W) to `size`, up or down.
-
-    Output pixel (i, j) is input pixel (floor(i * H / h), floor(j * W / w)), the rule of torch's
-    `interpolate(mode="nearest")`; when `size` divides (H, W) this equals
-    :func:`monai_disc.transforms.labels_at_size`, so shapes reduced here line up with latents.
-    """
-    x = np.asarray(labels)
-    if x.ndim != 2:
-        raise ValueError(f"label map must be (H, W), got shape {x.shape}")
-    h, w = _as_size(size)
-    if (h, w) == x.shape:
-        return x.copy()
-    rows = (np.arange(h) * x.shape[0]) // h
-    cols = (np.arange(w) * x.shape[1]) // w
-    return x[rows[:, None], cols[None, :]]
-
-
-def drop_specks(labels: np.ndarray, min_fraction: float = DEFAULT_MIN_FRACTION) -> np.ndarray:
-    """Give every small connected region (4-connected, fewer pixels than `min_fraction` of the map) the
-    label of the nearest pixel outside such regions.
-
-    JPEG noise flips single boundary pixels of a SICAPv2 mask from 4 to 3 or 5, which snapping cannot
-    undo; left in, each flip would count as a region of its own. Returns `labels` itself when nothing
-    changes (or when every region is small).
-    """
-    if not 0 <= min_fraction < 1:
-        raise ValueError(f"min_fraction must lie in [0, 1), got {min_fraction}")
-    x = np.asarray(labels)
-    threshold = min_fraction * x.size
-    if threshold <= 1:
-        return x
-    from scipy import ndimage
-
-    speck = np.zeros(x.shape, dtype=bool)
-    for value in np.unique(x):
-        components, n = ndimage.label(x == value)
-        sizes = np.bincount(components.ravel(), minlength=n + 1)
-        small = np.flatnonzero(sizes < threshold)
-        small = small[small > 0]
-        if small.size:
-            speck |= np.isin(components, small)
-    if not speck.any() or speck.all():
-        return x
-    _, (rows, cols) = ndimage.distance_transform_edt(speck, return_indices=True)
-    return x[rows, cols]
-
-
 def _check_label(value: Any, what: str) -> int:
     try:
         label = int(value)
@@ -180,246 +90,6 @@ def _check_range(n_tiles: Sequence[int]) -> tuple[int, int]:
     if lo < 1 or hi < lo:
         raise ValueError(f"n_tiles must be (min, max) with 1 <= min <= max, got {tuple(n_tiles)}")
     return lo, hi
-
-
-# ----------------------------------------------------------------------------------------------
-# shape bank
-# ----------------------------------------------------------------------------------------------
-class ShapeBank:
-    """m_freq shapes of training masks, stored as one uint8 stack (N, H, W) of frequency ranks.
-
-    Each shape keeps the id of the tile it came from (to trace a synthetic tile back to its drawing)
-    and its number of ranks (1..4), so a sampler can ask for shapes that fit the labels it may assign.
-
-    Args:
-        shapes: (N, H, W) frequency-rank maps (0 = the largest region); stored as uint8.
-        source_ids: one id per shape.
-        num_ranks: ranks per shape; None counts them.
-
-    Raises:
-        ValueError: a stack that is not (N, H, W), ranks outside 0..3, ids or counts of the wrong length,
-            counts that disagree with the shapes.
-    """
-
-    def __init__(self, shapes: np.ndarray, source_ids: Sequence[str], num_ranks: Sequence[int] | None = None) -> None:
-        stack = np.asarray(shapes)
-        if stack.ndim != 3:
-            raise ValueError(f"shapes must be a stack (N, H, W), got shape {stack.shape}")
-        if stack.size and (stack.min() < 0 or stack.max() >= NUM_CLASSES):
-            raise ValueError(f"shape ranks must lie in 0..{NUM_CLASSES - 1}, found {stack.min()}..{stack.max()}")
-        self.shapes = np.ascontiguousarray(stack, dtype=np.uint8)
-        self.source_ids = [str(s) for s in source_ids]
-        if len(self.source_ids) != len(self.shapes):
-            raise ValueError(f"{len(self.source_ids)} source ids for {len(self.shapes)} shapes")
-        counted = self._count_ranks(self.shapes)
-        if num_ranks is not None:
-            given = np.asarray(num_ranks, dtype=np.int64).reshape(-1)
-            if given.shape != counted.shape or np.any(given != counted):
-                raise ValueError("num_ranks disagrees with the ranks present in the shapes")
-        self.num_ranks = counted
-        self._candidates: dict[int, np.ndarray] = {}
-
-    @staticmethod
-    def _count_ranks(stack: np.ndarray) -> np.ndarray:
-        if len(stack) == 0:
-            return np.zeros(0, dtype=np.int64)
-        return stack.reshape(len(stack), -1).max(axis=1).astype(np.int64) + 1
-
-    # construction ------------------------------------------------------------------------------
-    @classmethod
-    def from_masks(
-        cls,
-        masks: Iterable[NdarrayOrTensor],
-        source_ids: Sequence[str] | None = None,
-        size: int | Sequence[int] | None = None,
-        min_fraction: float = DEFAULT_MIN_FRACTION,
-    ) -> ShapeBank:
-        """Bank of label maps: specks dropped, resized (nearest, when `size` is set), relabelled by frequency.
-
-        A connected region smaller than `min_fraction` of a mask is a speck, not a drawing
-        (:func:`drop_specks`): JPEG noise turns boundary pixels of a SICAPv2 mask from 4 into 3 or 5, and
-        each such speck would otherwise become a rank of its own and receive a grade. Relabelling after
-        the resize keeps ranks dense and ordered by the stored areas.
-
-        Args:
-            masks: label maps (H, W) or (1, H, W), numpy or torch, any integer labels.
-            source_ids: one id per mask; None numbers them "0", "1", ...
-            size: stored (h, w) or side; None keeps the masks' size (they must then all match).
-            min_fraction: smallest area fraction a connected region needs to stay; 0 keeps every pixel.
-
-        Raises:
-            ValueError: a mask of another shape, maps of different sizes without `size`, a count
-                mismatch of ids, or no mask at all.
-        """
-        out: list[np.ndarray] = []
-        ids = None if source_ids is None else [str(s) for s in source_ids]
-        for i, mask in enumerate(masks):
-            name = ids[i] if ids is not None and i < len(ids) else f"mask {i}"
-            out.append(cls._shape_of(mask, size, name, min_fraction))
-        if not out:
-            raise ValueError("no mask given to build a shape bank from")
-        if ids is None:
-            ids = [str(i) for i in range(len(out))]
-        if len(ids) != len(out):
-            raise ValueError(f"{len(ids)} source ids for {len(out)} masks")
-        first = out[0].shape
-        for name, shape in zip(ids, out):
-            if shape.shape != first:
-                raise ValueError(
-                    f"{name}: mask size {shape.shape} differs from {first}; pass size=(h, w) to resize them"
-                )
-        return cls(np.stack(out), ids)
-
-    @staticmethod
-    def _shape_of(
-        mask: NdarrayOrTensor, size: int | Sequence[int] | None, name: str, min_fraction: float
-    ) -> np.ndarray:
-        x = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
-        if x.ndim == 3 and x.shape[0] == 1:
-            x = x[0]
-        if x.ndim != 2 or x.size == 0:
-            raise ValueError(f"{name}: a mask must be (H, W) or (1, H, W), got shape {x.shape}")
-        x = drop_specks(x, min_fraction)
-        if size is not None:
-            x = resize_nearest(x, size)
-        ranks, _ = relabel_by_frequency(x.astype(np.int64))
-        return ranks.astype(np.uint8)
-
-    @classmethod
-    def from_data_list(
-        cls,
-        data: Sequence[Mapping[str, Any]],
-        mask_key: str = "mask",
-        id_key: str | None = None,
-        size: int | Sequence[int] | None = None,
-        mask_values: Sequence[float] = SICAPV2_MASK_VALUES,
-        mask_labels: Sequence[int] = tuple(SICAPV2_VALUE_TO_LABEL[v] for v in SICAPV2_MASK_VALUES),
-        max_distance: float = 2.0,
-        min_fraction: float = DEFAULT_MIN_FRACTION,
-        progress: bool = False,
-    ) -> ShapeBank:
-        """Bank of the mask files of a data list, e.g. :func:`monai_disc.data.load_sicapv2`'s.
-
-        Masks are read and snapped with the package's transforms (:class:`~monai_disc.transforms.LoadPILImage`,
-        :class:`~monai_disc.transforms.SnapMaskToLabels`); items whose mask is None are skipped. The
-        defaults read SICAPv2 JPEG masks (0/3/4/5); for a plain folder's PNG masks (0..3) pass
-        `mask_values=(0, 1, 2, 3), mask_labels=(0, 1, 2, 3), max_distance=0`.
-
-        Args:
-            data: items with a mask path under `mask_key`.
-            mask_key: key of the mask path.
-            id_key: key of the source id; None uses the mask file name without extension (the tile name).
-            size: stored size (nearest resize); None keeps the files' size. 128 keeps a SICAPv2 bank of
-                18k tiles near 300 MB; upsample at generation time with :func:`resize_nearest`.
-            mask_values, mask_labels, max_distance: see :class:`~monai_disc.transforms.SnapMaskToLabels`.
-            min_fraction: see :meth:`from_masks`.
-            progress: show a progress bar.
-
-        Raises:
-            ValueError: no item with a mask, an unreadable mask or values far from `mask_values`
-                (the message names the file), masks of different sizes without `size`.
-            FileNotFoundError: a mask file that does not exist.
-        """
-        from monai_disc.transforms.array import LoadPILImage, SnapMaskToLabels
-
-        items = [d for d in data if d.get(mask_key) is not None]
-        if not items:
-            raise ValueError(f"no item of the data list ({len(data)} items) has a mask under {mask_key!r}")
-        load = LoadPILImage(mode="L")
-        snap = SnapMaskToLabels(mask_values, mask_labels, max_distance)
-        ids = [str(d[id_key]) if id_key is not None else Path(str(d[mask_key])).stem for d in items]
-        iterator: Iterable[Mapping[str, Any]] = items
-        if progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(items, desc="shape bank", unit="mask")
-        masks = (snap(load(d[mask_key])) for d in iterator)
-        return cls.from_masks(masks, ids, size, min_fraction)
-
-    # storage -----------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the bank as a compressed npz (temp file + rename, so a killed write leaves no half file)."""
-        buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer,
-            format=np.int64(_BANK_FORMAT),
-            shapes=self.shapes,
-            source_ids=np.asarray(self.source_ids, dtype=np.str_),
-            num_ranks=self.num_ranks.astype(np.uint8),
-        )
-        return atomic_write_bytes(path, buffer.getvalue())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ShapeBank:
-        """Read a bank written by :meth:`save`.
-
-        Raises:
-            FileNotFoundError: no such file.
-            ValueError: not a shape bank file, or inconsistent content (the message names the file).
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"shape bank file not found: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                content = {k: f[k] for k in f.files}
-        except Exception as err:
-            raise ValueError(f"cannot read shape bank {path}: {err}") from err
-        missing = [k for k in ("shapes", "source_ids", "num_ranks") if k not in content]
-        if missing:
-            raise ValueError(f"{path} is not a shape bank: it lacks {missing}")
-        try:
-            return cls(content["shapes"], content["source_ids"].tolist(), content["num_ranks"])
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
-
-    # access ------------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.shapes)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self.shapes[index]
-
-    @property
-    def spatial_size(self) -> tuple[int, int]:
-        """(H, W) of the stored shapes."""
-        return int(self.shapes.shape[1]), int(self.shapes.shape[2])
-
-    def rank_counts(self) -> dict[int, int]:
-        """How many shapes have 1, 2, 3, 4 ranks."""
-        counts = np.bincount(self.num_ranks, minlength=NUM_CLASSES + 1)
-        return {r: int(counts[r]) for r in range(1, NUM_CLASSES + 1)}
-
-    def candidates(self, max_ranks: int | None = None, num_ranks: int | None = None) -> np.ndarray:
-        """Indices of the shapes with exactly `num_ranks` ranks, or at most `max_ranks` (None: all)."""
-        if num_ranks is not None:
-            return np.flatnonzero(self.num_ranks == int(num_ranks))
-        key = NUM_CLASSES if max_ranks is None else int(max_ranks)
-        if key not in self._candidates:
-            self._candidates[key] = np.flatnonzero(self.num_ranks <= key)
-        return self._candidates[key]
-
-    def sample_index(self, rng: RandomState, max_ranks: int | None = None, num_ranks: int | None = None) -> int:
-        """Index of a shape drawn uniformly among :meth:`candidates`.
-
-        Raises:
-            ValueError: when no shape qualifies.
-        """
-        pool = self.candidates(max_ranks, num_ranks)
-        if pool.size == 0:
-            want = f"exactly {num_ranks}" if num_ranks is not None else f"at most {max_ranks}"
-            raise ValueError(
-                f"the shape bank ({len(self)} shapes, by number of ranks {self.rank_counts()}) has no shape "
-                f"with {want} ranks"
-            )
-        return int(pool[_randint(rng, 0, pool.size - 1)])
-
-    def sample(
-        self, rng: RandomState, max_ranks: int | None = None, num_ranks: int | None = None
-    ) -> tuple[np.ndarray, str]:
-        """A shape drawn uniformly among :meth:`candidates` (a copy) and its source id."""
-        index = self.sample_index(rng, max_ranks, num_ranks)
-        return self.shapes[index].copy(), self.source_ids[index]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -818,30 +488,3 @@ def load_plans(path: str | os.PathLike) -> list[SlidePlan]:
         return [SlidePlan.from_dict(d) for d in content["slides"]]
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a slide plan file: {type(err).__name__}: {err}") from None
-
-
-def manifest_rows(plans: Iterable[SlidePlan]) -> list[dict[str, Any]]:
-    """One row per slide: slide_id, primary, secondary (label names), NC, GG3, GG4, GG5 (multi-hot 0/1),
-    n_tiles, seed, index."""
-    rows = []
-    for p in plans:
-        row: dict[str, Any] = {
-            "slide_id": p.slide_id,
-            "primary": LABEL_NAMES[p.primary],
-            "secondary": LABEL_NAMES[p.secondary],
-        }
-        row.update({name: int(v) for name, v in zip(LABEL_NAMES, p.label)})
-        row.update({"n_tiles": p.n_tiles, "seed": p.seed, "index": p.index})
-        rows.append(row)
-    return rows
-
-
-def write_manifest(plans: Iterable[SlidePlan], path: str | os.PathLike) -> Path:
-    """Write :func:`manifest_rows` as CSV (atomically): the human-readable list of synthetic slides."""
-    rows = manifest_rows(plans)
-    header = ["slide_id", "primary", "secondary", *LABEL_NAMES, "n_tiles", "seed", "index"]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=header, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(path, text.getvalue())

@@ -9,6 +9,7 @@ the four generators when their weights are shipped, and writes the pictures.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -16,17 +17,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from monai_disc.compare import format_comparison, held_out_masks, run_comparison
+from monai_disc.apps.compare import format_comparison, held_out_masks, run_comparison
+from monai_disc.apps.generate_slides import generate_slides
+from monai_disc.apps.sweep import format_sweep, lambda_sweep
+from monai_disc.bundles import CARCINONET_WEIGHTS, bundle_file
 from monai_disc.data import format_summary, load_sicapv2, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
+from monai_disc.data.synthetic import IMAGES_DIR, MASKS_DIR
 from monai_disc.data.tilesets import load_sicapv2_bags, load_synthetic_bags
-from monai_disc.generate_slides import IMAGES_DIR, MASKS_DIR, generate_slides
-from monai_disc.generators import GENERATORS, load_generator, load_weights
-from monai_disc.inferers import MaskLDMSampler
+from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, LDMGenerator, load_generator, load_weights
 from monai_disc.labels import LABEL_NAMES, colorize
+from monai_disc.masks import ShapeBank, plan_synthetic_slides
 from monai_disc.metrics import MaskFidelity
-from monai_disc.networks import build_extractor, carcinonet_toy, extract_bag_features, mask_ldm_toy, vq_f4_toy
-from monai_disc.sampling import ShapeBank, plan_synthetic_slides
-from monai_disc.sweep import format_sweep, lambda_sweep
+from monai_disc.networks import build_extractor, carcinonet_toy, extract_bag_features
 from monai_disc.visualize import overlay, save_grid
 
 __all__ = ["run_demo"]
@@ -38,11 +40,12 @@ def _format_scores(title: str, scores: dict) -> str:
 
 
 def run_demo(
-    out: Path,
-    bundles: Path,
+    out: str | os.PathLike,
+    bundles_dir: str | os.PathLike | None = None,
     seed: int = 0,
     num_tiles: int = 8,
-    steps: int = 50,
+    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    guidance_scale: float = 1.0,
     n_slides: int = 40,
     tile_size: int = 128,
 ) -> dict:
@@ -50,32 +53,32 @@ def run_demo(
 
     Args:
         out: output folder (the toy set is cached in ``out/toy``).
-        bundles: folder holding the bundles and their ``models/`` weights.
+        bundles_dir: folder holding the bundles and their ``models/`` weights; None: the source checkout's.
         seed: noise seed of the first generated tile.
         num_tiles: held-out masks to draw for.
-        steps: DDIM steps (the paper's 200 cost four times as long).
+        num_inference_steps: DDIM steps of every generator (the paper's 200 cost four times as long as 50).
+        guidance_scale: classifier-free guidance weight of every generator (1: plain sampling, the paper's).
         n_slides: slides of the toy set.
         tile_size: toy tile size in pixels.
     """
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    sampling = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
     start = time.perf_counter()
     root = make_toy_sicapv2(out / "toy", n_slides=n_slides, tile_size=tile_size, seed=seed)
     sheet = save_contact_sheet(root, out / "toy_preview.png")
     print(f"toy data: {root} ({time.perf_counter() - start:.1f} s); contact sheet: {sheet}")
     print(format_summary(summarize_sicapv2(root)))
 
-    ldm = bundles / "gleason_ldm" / "models"
-    autoencoder = load_weights(vq_f4_toy(), ldm / "autoencoder.pt")
-    denoiser = load_weights(mask_ldm_toy(), ldm / "model.pt")
-    ruler = load_weights(carcinonet_toy(), bundles / "carcinonet" / "models" / "model.pt")
+    sd = load_generator("sd", bundles_dir, **sampling)
+    ruler = load_weights(carcinonet_toy(), bundle_file(CARCINONET_WEIGHTS, bundles_dir))
 
     masks, tiles = held_out_masks(root, num_tiles)
     # the LDM was trained on 64 px crops; a crop keeps two or more labels of its mask
     masks64, tiles64 = held_out_masks(root, num_tiles, size=64)
 
     start = time.perf_counter()
-    sampler = MaskLDMSampler(num_inference_steps=steps)
-    generated = sampler.sample(masks64, autoencoder, denoiser, seeds=range(seed, seed + len(masks64)))
+    generated = sd.sample(masks64, range(seed, seed + len(masks64)))
     per_tile = (time.perf_counter() - start) / len(masks64)
 
     real, real64, synthetic = MaskFidelity(ruler), MaskFidelity(ruler), MaskFidelity(ruler)
@@ -87,11 +90,15 @@ def run_demo(
         "real_64px": real64.aggregate(),
         "sd_64px": synthetic.aggregate(),
         "sd_seconds_per_tile": per_tile,
-        "steps": steps,
+        **sampling,
     }
     print(_format_scores("CarcinoNet on held-out real toy tiles", figures["real"]))
     print(_format_scores("CarcinoNet on their 64 px crops", figures["real_64px"]))
-    print(_format_scores(f"CarcinoNet on SD tiles for the same 64 px masks ({steps} DDIM steps)", figures["sd_64px"]))
+    print(
+        _format_scores(
+            f"CarcinoNet on SD tiles for the same 64 px masks ({num_inference_steps} DDIM steps)", figures["sd_64px"]
+        )
+    )
     print(f"SD sampling: {per_tile:.2f} s per 64 px tile on {'GPU' if torch.cuda.is_available() else 'CPU'}")
 
     predicted = real.segment(tiles)
@@ -105,10 +112,12 @@ def run_demo(
         out / "carcinonet_overlays.png",
         titles=["tile", "truth", "CarcinoNet"],
     )
-    figures["synthetic_slides"] = _synthetic_slides(root, out / "synthetic_slides", bundles, steps)
-    figures["lambda_sweep"] = _lambda_sweep(root, out, out / "synthetic_slides", bundles, seed)
-    if all((bundles / weights).is_file() for _, weights, _ in GENERATORS.values()):
-        result = run_comparison(root, out / "compare", bundles=bundles, num_masks=num_tiles, steps=steps, seed=seed)
+    figures["synthetic_slides"] = _synthetic_slides(root, out / "synthetic_slides", sd)
+    figures["lambda_sweep"] = _lambda_sweep(root, out, out / "synthetic_slides", bundles_dir, seed)
+    if all(bundle_file(entry.weights, bundles_dir).is_file() for entry in GENERATORS.values()):
+        result = run_comparison(
+            root, out / "compare", bundles_dir=bundles_dir, num_masks=num_tiles, seed=seed, **sampling
+        )
         print(format_comparison(result))
         figures["compare"] = str(out / "compare" / "compare.md")
     (out / "demo_figures.json").write_text(json.dumps(figures, indent=1, default=float))
@@ -116,11 +125,10 @@ def run_demo(
     return figures
 
 
-def _synthetic_slides(root: Path, out: Path, bundles: Path, steps: int, num_slides: int = 8) -> str:
-    """A few planned synthetic slides drawn by SD, and one slide's tiles beside their masks as a grid."""
+def _synthetic_slides(root: Path, out: Path, generator: LDMGenerator, num_slides: int = 8) -> str:
+    """A few planned synthetic slides drawn by ``generator``, and one slide's tiles beside their masks as a grid."""
     bank = ShapeBank.from_data_list(load_sicapv2(root, "Test", "Train"), size=64)
     plans = plan_synthetic_slides(root, bank, target=100, n_tiles=(8, 12))[:num_slides]
-    generator = load_generator("sd", bundles, steps=steps)
     start = time.perf_counter()
     generate_slides(plans, out, generator, bank, progress=False)
     seconds = (time.perf_counter() - start) / sum(p.n_tiles for p in plans)
@@ -132,13 +140,13 @@ def _synthetic_slides(root: Path, out: Path, bundles: Path, steps: int, num_slid
     return str(grid)
 
 
-def _lambda_sweep(root: Path, out: Path, slides: Path, bundles: Path, seed: int) -> str:
+def _lambda_sweep(root: Path, out: Path, slides: Path, bundles_dir: str | os.PathLike | None, seed: int) -> str:
     """Toy TransMIL on real bags, alone (lambda 0) and mixed with the SD slides, on the bundle's real splits.
 
     Real bags: Val1/Train to train, Val1/Test to validate, Test/Test to score (as bundle transmil's
     extract_features.yaml); features from the toy CarcinoNet encoder for real and synthetic tiles alike.
     """
-    extractor = build_extractor("carcinonet_toy", weights=bundles / "carcinonet" / "models" / "model.pt")
+    extractor = build_extractor("carcinonet_toy", weights=bundle_file(CARCINONET_WEIGHTS, bundles_dir))
     features = out / "features"
     real = {"train": ("Val1", "Train"), "val": ("Val1", "Test"), "test": ("Test", "Test")}
     for name, (partition, split) in real.items():
