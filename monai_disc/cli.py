@@ -107,6 +107,18 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), bundles=Path(args.bundles), seed=args.seed, steps=args.steps, n_slides=args.slides)
 
 
+def _label_server(args: argparse.Namespace) -> None:
+    import os
+    import subprocess
+
+    from monai_disc.monailabel import server_command
+
+    cmd = server_command(args.studies, host=args.host, port=args.port, models=args.models, bundles=args.bundles)
+    code = subprocess.call(cmd, env={**os.environ, "BUNDLE_DOWNLOAD_SRC": "local"})  # no model-zoo lookups
+    if code:
+        raise RuntimeError(f"the MONAI Label server exited with code {code}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monai-disc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps per tile")
     p.add_argument("--slides", type=int, default=40, help="slides of the toy set")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("label-server", help="serve carcinonet and gleason_ldm to QuPath / REST clients (MONAI Label)")
+    p.add_argument("--studies", required=True, help="datastore folder: slides and tiles, labels under labels/")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--models", default="carcinonet,gleason_ldm", help="comma-separated models to serve")
+    p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
+    p.set_defaults(func=_label_server)
     return parser
 
 
