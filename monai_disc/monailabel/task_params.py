@@ -114,13 +114,25 @@ def bad_request(message: str) -> Exception:
     return HTTPException(status_code=400, detail=message)
 
 
+_INPUT_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
 @contextmanager
 def http_errors(task: str):
-    """Re-raise wrong inputs (ValueError, FileNotFoundError, KeyError) met inside as HTTP 400 naming ``task``."""
+    """Re-raise wrong inputs met inside as HTTP 400 errors whose message starts with ``task``.
+
+    A wrong input is a ValueError, FileNotFoundError or KeyError, also when MONAI wraps it in a RuntimeError
+    ("applying transform ..."): the innermost cause names the file and the problem.
+    """
     try:
         yield
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        text = err.args[0] if isinstance(err, KeyError) and err.args else err
+    except (*_INPUT_ERRORS, RuntimeError) as err:
+        cause: BaseException = err
+        while cause.__cause__ is not None and not isinstance(cause, _INPUT_ERRORS):
+            cause = cause.__cause__
+        if not isinstance(cause, _INPUT_ERRORS):
+            raise
+        text = cause.args[0] if isinstance(cause, KeyError) and cause.args else cause
         raise bad_request(f"{task}: {text}") from err
 
 
