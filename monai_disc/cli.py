@@ -114,7 +114,10 @@ def _label_server(args: argparse.Namespace) -> None:
     from monai_disc.monailabel import server_command
 
     cmd = server_command(args.studies, host=args.host, port=args.port, models=args.models, bundles=args.bundles)
-    code = subprocess.call(cmd, env={**os.environ, "BUNDLE_DOWNLOAD_SRC": "local"})  # no model-zoo lookups
+    env = {**os.environ, "BUNDLE_DOWNLOAD_SRC": "local"}  # no model-zoo lookups over the network
+    if os.name == "posix":  # become the server: Ctrl+C and kill reach it directly
+        os.execve(cmd[0], cmd, env)
+    code = subprocess.call(cmd, env=env)
     if code:
         raise RuntimeError(f"the MONAI Label server exited with code {code}")
 

@@ -68,7 +68,9 @@ def _mask_values(value: Any) -> tuple[tuple[float, ...], float]:
         value = next(iter(MASK_VALUE_SETS))
     if isinstance(value, str):
         if value not in MASK_VALUE_SETS:
-            raise ValueError(f"parameter 'mask_values' must be one of {list(MASK_VALUE_SETS)} or four values, got {value!r}")
+            raise ValueError(
+                f"parameter 'mask_values' must be one of {list(MASK_VALUE_SETS)} or four values, got {value!r}"
+            )
         return MASK_VALUE_SETS[value]
     if not isinstance(value, (list, tuple)) or len(value) != NUM_CLASSES:
         raise ValueError(f"parameter 'mask_values' must name an encoding or list {NUM_CLASSES} values, got {value!r}")
