@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Events
 from monai.config import KeysCollection
 from monai.data import DataLoader, MetaTensor, WSIReader
 from monai.inferers import SimpleInferer
@@ -214,6 +215,10 @@ class CarcinoNetTrain(BasicTrainTask):
 
     def __init__(self, bundle: str | os.PathLike, model_dir: str | os.PathLike, published: str | os.PathLike) -> None:
         self._bundle = Path(bundle)
+        self._published = os.fspath(published)
+        # MONAI Label copies new weights in place; they go to a staging file that one rename then publishes,
+        # so inference never loads a half-copied file
+        staging = os.path.join(os.path.dirname(self._published), f".{os.path.basename(self._published)}.staging")
         parser = bundle_config(bundle, "train")
         self._weight_decay = float(parser.get_parsed_content("weight_decay"))
         self._loss = parser.get_parsed_content("loss")
@@ -235,7 +240,7 @@ class CarcinoNetTrain(BasicTrainTask):
             },
             amp=torch.cuda.is_available(),
             load_path=str(bundle_weights),
-            publish_path=os.fspath(published),
+            publish_path=staging,
             labels=dict(GRADE_LABELS),
             n_saved=1,
             tracking=None,
@@ -265,9 +270,20 @@ class CarcinoNetTrain(BasicTrainTask):
 
     def load_path(self, output_dir: str, pretrained: bool = True) -> str | None:
         """The weights training starts from: the latest published version, else the bundle's."""
-        if self._publish_path and os.path.exists(self._publish_path):
-            return self._publish_path
+        if os.path.exists(self._published):
+            return self._published
         return self._load_path if pretrained else None
+
+    def finalize(self, context: Context) -> None:
+        super().finalize(context)
+        if context.local_rank == 0:
+            engine = context.evaluator or context.trainer
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)  # after MONAI Label's publisher
+
+    def _publish(self, engine: Any = None) -> None:
+        if os.path.exists(self._publish_path):
+            os.replace(self._publish_path, self._published)
+            logger.info(f"published {self._published}")
 
     def pre_process(self, request: dict[str, Any], datastore: Any) -> list[dict[str, Any]]:
         datalist = datastore.datalist()

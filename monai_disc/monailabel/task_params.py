@@ -200,5 +200,6 @@ def check_params(
     allowed = set(allowed)
     unknown = sorted(k for k in request if k not in parsers and k not in allowed)
     if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}; this model takes {sorted(parsers)}")
+        takes = sorted(parsers) if parsers else "no parameters besides the server's own"
+        raise ValueError(f"unknown parameter(s) {unknown}; this model takes {takes}")
     return {name: parse(request.get(name, defaults.get(name))) for name, parse in parsers.items()}

@@ -225,6 +225,7 @@ def test_training_one_epoch_writes_new_weights_and_keeps_labels(server, uploaded
     assert r.json()["epoch"] == 1, r.json()
     published = server.studies / "models" / "carcinonet.pt"
     assert published.is_file() and (server.studies / "models" / "carcinonet" / "run_test" / "model.pt").is_file()
+    assert not (server.studies / "models" / ".carcinonet.pt.staging").exists()
     new = torch.load(published, map_location="cpu", weights_only=True)
     new = new.get("model", new)
     old = torch.load(bundle_weights, map_location="cpu", weights_only=True)
