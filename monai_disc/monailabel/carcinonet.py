@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,17 @@ from ignite.engine import Events
 from monai.config import KeysCollection
 from monai.data import DataLoader, MetaTensor, WSIReader
 from monai.inferers import SimpleInferer
-from monai.transforms import AsDiscreted, MapTransform, SqueezeDimd, ToNumpyd, Transposed
+from monai.transforms import AsDiscreted, MapTransform, SqueezeDimd, ToNumpyd
 from monai.utils import optional_import
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
-from monailabel.transform.post import FindContoursd
 from monailabel.transform.writer import PolygonWriter
+from monailabel.utils.others.label_colors import get_color
+from scipy.ndimage import binary_fill_holes
+from skimage.measure import approximate_polygon, find_contours
 
 from monai_disc.engines.evaluation import labelled_tile_transforms
 from monai_disc.labels import LABEL_COLORS, LABEL_NAMES, NUM_CLASSES, GleasonLabel
@@ -57,7 +59,14 @@ from monai_disc.visualize import save_picture
 
 openslide, _ = optional_import("openslide")
 
-__all__ = ["CarcinoNetConfig", "CarcinoNetInfer", "CarcinoNetTrain", "LoadSlideRegiond", "is_slide"]
+__all__ = [
+    "CarcinoNetConfig",
+    "CarcinoNetInfer",
+    "CarcinoNetTrain",
+    "GradePolygonsd",
+    "LoadSlideRegiond",
+    "is_slide",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +136,81 @@ class LoadSlideRegiond(MapTransform):
         return d
 
 
+class GradePolygonsd(MapTransform):
+    """A label map (H, W) -> one outline polygon per connected region of each grade, in slide coordinates.
+
+    MONAI Label's ``FindContoursd`` lists the outline of every hole as one more polygon of the region's grade,
+    which QuPath then draws as a region of that grade. Here holes are filled first, so each polygon outlines
+    one region; a region of another grade inside it is its own polygon, drawn on top.
+
+    The result has the structure MONAI Label's ``PolygonWriter`` and ``wsi_v2`` merging read:
+    ``d[result]["annotation"] = {"location", "size", "elements": [{"label": name, "contours": [[[x, y], ...]]}],
+    "labels": {name: colour}}``, points at level 0 (``location`` of the request added, clipped to the region).
+
+    Args:
+        keys: key of the label map.
+        labels: grade name -> label value; values not listed (NC) get no polygon.
+        colors: grade name -> RGB colour shown by clients.
+        min_poly_area: smallest polygon area in px (a request's ``min_poly_area`` wins).
+        tolerance: polygon simplification tolerance in px (``skimage.measure.approximate_polygon``).
+        result: key of the result dictionary.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        labels: Mapping[str, int],
+        colors: Mapping[str, Sequence[int]] | None = None,
+        min_poly_area: float = 80,
+        tolerance: float = 0.5,
+        result: str = "result",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.labels = dict(labels)
+        self.colors = dict(colors or {})
+        self.min_poly_area = float(min_poly_area)
+        self.tolerance = float(tolerance)
+        self.result = result
+
+    def polygons(self, region: np.ndarray) -> list[np.ndarray]:
+        """Outlines (N, 2) as (x, y) pixel positions of the connected parts of a boolean mask, holes filled."""
+        filled = np.pad(binary_fill_holes(region), 1)
+        h, w = region.shape
+        out = []
+        for contour in find_contours(filled.astype(np.float32), 0.5):
+            contour = approximate_polygon(contour - 1.0, self.tolerance)
+            if len(contour) < 4:  # closed outlines repeat their first point: fewer than 3 corners
+                continue
+            rows = np.clip(np.round(contour[:, 0]), 0, h - 1)
+            cols = np.clip(np.round(contour[:, 1]), 0, w - 1)
+            out.append(np.stack([cols, rows], axis=1).astype(np.int64))
+        return out
+
+    def __call__(self, data: Any) -> dict[str, Any]:
+        d = dict(data)
+        x0, y0 = (int(v) for v in d.get("location", (0, 0)))
+        min_area = float(d.get("min_poly_area", self.min_poly_area) or 0)
+        for key in self.key_iterator(d):
+            labels = np.asarray(d[key])
+            elements, names = [], []
+            for name, value in self.labels.items():
+                for xy in self.polygons(labels == value):
+                    x, y = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
+                    if 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) < min_area:
+                        continue
+                    elements.append({"label": name, "contours": [(xy + (x0, y0)).tolist()]})
+                    names.append(name)
+            if elements:
+                d.setdefault(self.result, {})["annotation"] = {
+                    "location": d.get("location"),
+                    "size": d.get("size"),
+                    "elements": elements,
+                    "labels": {n: get_color(n, self.colors) for n in dict.fromkeys(names)},
+                }
+        return d
+
+
 class CarcinoNetInfer(BasicInferTask):
     """Tile and region inference with the carcinonet bundle's network, transforms and (latest) weights.
 
@@ -177,6 +261,8 @@ class CarcinoNetInfer(BasicInferTask):
         data = data or {}
         if self._is_region(data) and is_slide(data.get("image", "")):
             return [LoadSlideRegiond("image"), *self._preprocessing]
+        if is_slide(data.get("image", "")):
+            raise ValueError("the image is a whole slide: segment regions of it with POST /infer/wsi_v2/carcinonet")
         if self._is_region(data):  # a plain tile sent to wsi_v2: the whole tile, at the origin
             data["location"], data["size"] = [0, 0], [0, 0]
         return [self._loader, *self._preprocessing]
@@ -184,8 +270,7 @@ class CarcinoNetInfer(BasicInferTask):
     def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
         steps: list[Callable] = [self._postprocessing, ToNumpyd("pred"), SqueezeDimd("pred", dim=0)]
         if data is not None and self._is_region(data):
-            # MONAI Label's contour finder reads (x, y)-ordered arrays
-            steps += [Transposed("pred", (1, 0)), FindContoursd("pred", labels=self.labels)]
+            steps.append(GradePolygonsd("pred", labels=self.labels, colors=GRADE_COLORS))
         return steps
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
@@ -251,11 +336,10 @@ class CarcinoNetTrain(BasicTrainTask):
         request = dict(request)
         request.setdefault("name", time.strftime("run_%Y%m%d_%H%M%S"))
         params = {**self._config, **request}
-        as_int("max_epochs", params["max_epochs"], low=1)
-        as_int("train_batch_size", params["train_batch_size"], low=2)
-        as_int("val_batch_size", params["val_batch_size"], low=1)
-        as_float("learning_rate", params["learning_rate"], low=0.0)
-        as_float("val_split", params["val_split"], low=0.0, high=0.9)
+        for name, low in (("max_epochs", 1), ("train_batch_size", 2), ("val_batch_size", 1)):
+            request[name] = as_int(name, params[name], low=low)
+        request["learning_rate"] = as_float("learning_rate", params["learning_rate"], low=0.0)
+        request["val_split"] = as_float("val_split", params["val_split"], low=0.0, high=0.9)
         return super().__call__(request, datastore)
 
     def network(self, context: Context) -> torch.nn.Module:

@@ -209,6 +209,30 @@ def test_wsi_v2_polygons_lie_in_the_region_with_one_grade_each(server, uploaded)
             assert pts.ndim == 2 and pts.shape[1] == 2 and len(pts) >= 3
             assert (pts[:, 0] >= x).all() and (pts[:, 0] < x + w).all()
             assert (pts[:, 1] >= y).all() and (pts[:, 1] < y + h).all()
+    # each polygon outlines its grade in the bundle network's own prediction of the same 192 px tiles
+    import openslide
+    from PIL import ImageDraw
+    from scipy.ndimage import binary_dilation, binary_fill_holes
+
+    network = carcinonet_toy()
+    network.load_state_dict(torch.load(REPO_BUNDLES / "carcinonet" / "models" / "model.pt", weights_only=True))
+    network.eval()
+    predicted = np.zeros((h, w), np.uint8)
+    with openslide.OpenSlide(str(server.studies / "slide.tiff")) as slide:
+        for ty in range(0, h, 192):
+            for tx in range(0, w, 192):
+                tw, th = min(192, w - tx), min(192, h - ty)
+                rgb = np.asarray(slide.read_region((x + tx, y + ty), 0, (tw, th)).convert("RGB"))
+                with torch.no_grad():
+                    logits = network(torch.as_tensor(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1.0)
+                predicted[ty : ty + th, tx : tx + tw] = logits.argmax(1)[0].numpy()
+    for element in elements:
+        grade = binary_dilation(binary_fill_holes(predicted == GRADES[element["label"]]))  # outlines run around
+        for polygon in element["contours"]:
+            canvas = Image.new("L", (w, h))
+            ImageDraw.Draw(canvas).polygon([(px - x, py - y) for px, py in polygon], fill=1)
+            inside = np.asarray(canvas, bool)
+            assert grade[inside].mean() > 0.9, (element["label"], grade[inside].mean())
     # QuPath's default output: an ASAP XML document
     r = server.post("/infer/wsi_v2/carcinonet?image=slide&output=asap", data={"wsi": json.dumps(wsi)})
     assert r.status_code == 200 and b"<ASAP_Annotations>" in r.content
@@ -302,6 +326,11 @@ def test_bad_request_names_the_problem_and_server_keeps_serving(server, case):
     assert r.status_code == 400, (r.status_code, r.text)
     assert expected in r.json()["detail"] and model in r.json()["detail"], r.json()
     assert server.get("/info/").status_code == 200
+
+
+def test_slides_take_the_wsi_v2_path(server):
+    r = server.post("/infer/carcinonet?image=slide&output=image")
+    assert r.status_code == 400 and "wsi_v2" in r.json()["detail"], r.text
 
 
 def test_wsi_v2_rejects_levels_other_than_zero(server):
