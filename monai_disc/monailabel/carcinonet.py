@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -334,7 +335,9 @@ class CarcinoNetTrain(BasicTrainTask):
 
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
         request = dict(request)
-        request.setdefault("name", time.strftime("run_%Y%m%d_%H%M%S"))
+        name = str(request.setdefault("name", time.strftime("run_%Y%m%d_%H%M%S")))
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name):
+            raise ValueError(f"carcinonet: run name {name!r} must be a plain folder name (letters, digits, . _ -)")
         params = {**self._config, **request}
         for name, low in (("max_epochs", 1), ("train_batch_size", 2), ("val_batch_size", 1)):
             request[name] = as_int(name, params[name], low=low)

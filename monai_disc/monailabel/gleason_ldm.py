@@ -112,10 +112,11 @@ class GleasonLDMInfer(BasicInferTask):
         self.cache_size = int(cache_size)
         self._generators: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
-        weights = [self.bundles / "gleason_ldm" / "models" / "autoencoder.pt"]
-        weights += [self.bundles / path for _, path, _ in GENERATORS.values()]
+        # the first-stage and SD weights every generator needs; the fine-tuned DISC weights come after them
+        self._required = [self.bundles / "gleason_ldm" / "models" / name for name in ("autoencoder.pt", "model.pt")]
+        weights = self._required + sorted((self.bundles / "gleason_ldm_disc" / "models").glob("*.pt"))
         super().__init__(
-            path=[str(p) for p in dict.fromkeys(weights)],
+            path=[str(p) for p in weights],
             network=None,
             type="generator",
             labels={name: i for i, name in enumerate(LABEL_NAMES)},
@@ -125,7 +126,7 @@ class GleasonLDMInfer(BasicInferTask):
         )
 
     def is_valid(self) -> bool:
-        return all(os.path.exists(p) for p in self.path)
+        return all(p.is_file() for p in self._required)
 
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[str | None, dict]:
         with http_errors("gleason_ldm"):
