@@ -8,7 +8,7 @@ install:
 	$(PY) -m pip install -q $(TORCH) -e .
 
 install-dev:
-	$(PY) -m pip install -q $(TORCH) -e ".[dev]"
+	$(PY) -m pip install -q $(TORCH) -e ".[dev,monailabel]"
 	$(PY) -m pip install -q --no-deps taming-transformers-rom1504==0.0.6
 
 demo: install

@@ -29,7 +29,8 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.5", "mkdocs>=1.5"],
-    "monailabel": ["monailabel>=0.8"],
+    # the set that starts monailabel 0.8.5: pydicom 3 lacks pydicom._storage_sopclass_uids (MONAILabel #1841)
+    "monailabel": ["monailabel==0.8.5", "pydicom==2.4.5", "pynetdicom==2.1.1", "dicomweb-client==0.59.1"],
 }
 
 setup(

@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from monai_disc.bundles import REPO_BUNDLES
+
 __all__ = ["main", "build_parser"]
 
 
@@ -139,7 +141,6 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _add_sampling(p: argparse.ArgumentParser, generator: bool = True) -> None:
     """The options of every command that draws tiles: generator, bundles folder, DDIM steps, guidance."""
-    from monai_disc.bundles import REPO_BUNDLES
     from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS
 
     if generator:
@@ -149,6 +150,21 @@ def _add_sampling(p: argparse.ArgumentParser, generator: bool = True) -> None:
     p.add_argument(
         "--guidance-scale", type=float, default=1.0, help="classifier-free guidance weight (1: plain sampling)"
     )
+
+
+def _label_server(args: argparse.Namespace) -> None:
+    import os
+    import subprocess
+
+    from monai_disc.monailabel import server_command
+
+    cmd = server_command(args.studies, host=args.host, port=args.port, models=args.models, bundles=args.bundles)
+    env = {**os.environ, "BUNDLE_DOWNLOAD_SRC": "local"}  # no model-zoo lookups over the network
+    if os.name == "posix":  # become the server: Ctrl+C and kill reach it directly
+        os.execve(cmd[0], cmd, env)
+    code = subprocess.call(cmd, env=env)
+    if code:
+        raise RuntimeError(f"the MONAI Label server exited with code {code}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slides", type=int, default=40, help="slides of the toy set")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("label-server", help="serve carcinonet and gleason_ldm to QuPath / REST clients (MONAI Label)")
+    p.add_argument("--studies", required=True, help="datastore folder: slides and tiles, labels under labels/")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--models", default="carcinonet,gleason_ldm", help="comma-separated models to serve")
+    p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
+    p.set_defaults(func=_label_server)
     return parser
 
 
