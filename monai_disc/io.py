@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "read_csv_table"]
+__all__ = ["atomic_path", "atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "read_table"]
 
 
 def _new_temp(path: Path) -> Path:
@@ -84,32 +84,37 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def read_csv_table(path: str | os.PathLike, required: Sequence[str], what: str = "table") -> Any:
-    """A CSV file as a pandas DataFrame of strings (stripped column names), checked for required columns.
+def read_table(path: str | os.PathLike, required: Sequence[str], what: str = "table") -> Any:
+    """A CSV or Excel (.xlsx) sheet as a pandas DataFrame with stripped column names, checked for its columns.
+
+    CSV cells are read as strings (empty cells ""); Excel cells keep the types openpyxl gives them.
 
     Args:
-        path: the CSV file.
+        path: the file (``.xlsx`` by its suffix, anything else as CSV).
         required: columns it must have.
         what: what the file is, for the messages ("PANDA slide table", ...).
 
     Returns:
-        the DataFrame (every cell a string, empty cells "").
+        the DataFrame.
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: the file cannot be parsed, or required columns are missing (the message names the file).
     """
-    import pandas as pd
+    import pandas as pd  # here, so that importing the data listers stays cheap
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as err:
+        if path.suffix.lower() == ".xlsx":
+            frame = pd.read_excel(path, engine="openpyxl")
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as err:  # openpyxl and the CSV parser raise a zoo of types for broken files
         raise ValueError(f"cannot read {what} {path}: {err}") from err
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path} lacks required column(s) {missing}; found columns {list(frame.columns)}")
+        raise ValueError(f"{what} {path} lacks required column(s) {missing}; found columns {list(frame.columns)}")
     return frame

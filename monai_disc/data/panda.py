@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_disc.io import read_csv_table
+from monai_disc.io import read_table
 from monai_disc.labels import GLEASON_PATTERN_TO_LABEL, PANDA_RADBOUD_VALUE_TO_LABEL, multi_hot
 
 __all__ = ["PANDA_COLUMNS", "PANDA_PROVIDERS", "load_panda", "panda_mask_to_labels", "parse_gleason_score"]
@@ -72,7 +72,7 @@ def load_panda(root: str | os.PathLike) -> list[dict]:
     if not root_path.is_dir():
         raise FileNotFoundError(f"PANDA root directory not found: {root_path}")
     csv = root_path / "train.csv"
-    frame = read_csv_table(csv, PANDA_COLUMNS, "PANDA slide table")
+    frame = read_table(csv, PANDA_COLUMNS, "PANDA slide table")
 
     image_dir, mask_dir = root_path / "train_images", root_path / "train_label_masks"
     if not image_dir.is_dir():

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_disc.io import read_table
 from monai_disc.labels import GLEASON_PATTERN_TO_LABEL, LABEL_NAMES, NUM_CLASSES, multi_hot
 
 __all__ = [
@@ -54,23 +55,6 @@ def _check_root(root: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"SICAPv2 root directory not found: {path}")
     return path
-
-
-def _read_table(path: Path, required: Sequence[str], what: str) -> Any:
-    """Read an xlsx sheet (pandas imported here so that importing this module stays cheap)."""
-    import pandas as pd
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        frame = pd.read_excel(path, engine="openpyxl")
-    except Exception as err:  # openpyxl raises a zoo of types for broken files
-        raise ValueError(f"cannot read {what} {path}: {err}") from err
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{what} {path} lacks required column(s) {missing}; found columns {list(frame.columns)}")
-    return frame
 
 
 def _excel_row(index: int) -> int:
@@ -142,7 +126,7 @@ def load_sicapv2(root: str | os.PathLike, partition: str = "Test", split: str = 
     """
     root_path = _check_root(root)
     sheet = sicapv2_sheet_path(root_path, partition, split)
-    frame = _read_table(sheet, SICAPV2_SHEET_COLUMNS, "SICAPv2 partition sheet")
+    frame = read_table(sheet, SICAPV2_SHEET_COLUMNS, "SICAPv2 partition sheet")
 
     names = frame["image_name"]
     empty = np.flatnonzero(names.isna().to_numpy() | (names.astype(str).str.strip() == "").to_numpy())
@@ -208,7 +192,7 @@ def load_sicapv2_slides(root: str | os.PathLike) -> list[dict]:
             (the message names the file and the spreadsheet row).
     """
     sheet = _check_root(root) / "wsi_labels.xlsx"
-    frame = _read_table(sheet, SICAPV2_SLIDE_COLUMNS, "SICAPv2 slide label sheet")
+    frame = read_table(sheet, SICAPV2_SLIDE_COLUMNS, "SICAPv2 slide label sheet")
     slides: list[dict] = []
     seen: dict[str, int] = {}
     for index, row in frame.iterrows():

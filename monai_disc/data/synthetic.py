@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_disc.io import read_csv_table
+from monai_disc.io import read_table
 from monai_disc.labels import LABEL_NAMES, multi_hot
 
 __all__ = [
@@ -114,7 +114,7 @@ def load_synthetic_bags(out_dir: str | os.PathLike) -> list[dict]:
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"synthetic slide manifest not found: {path} (is the generation finished?)")
-    frame = read_csv_table(path, MANIFEST_REQUIRED, "synthetic slide manifest")
+    frame = read_table(path, MANIFEST_REQUIRED, "synthetic slide manifest")
     bags = []
     for index, row in enumerate(frame.to_dict("records")):
         line = index + 2
