@@ -2,8 +2,9 @@
 
 Every row draws the same held-out masks from the same seeds (``monai-disc compare-generators``'s masks and
 ruler), so the rows differ in the step count and guidance alone; s/tile are measured side by side in the same
-run. The table chooses ``monai_disc.inferers.DEFAULT_NUM_INFERENCE_STEPS``: the fewest steps whose mIoU is
-within the seed-to-seed spread of the most steps. The spread is read from two more seed sets at the default.
+run. The table chooses ``monai_disc.inferers.DEFAULT_NUM_INFERENCE_STEPS``: the fewest steps within 0.005 mIoU
+of the most steps on the same masks and seeds, unguided and guided. Two more seed sets at the default show how
+much a table moves with the seeds alone (far more than the paired step-to-step differences).
 
     python bench/bench_steps.py --data .toy --masks 64 [--steps 10 20 50 100 200] [--guidance-scale 1 3]
 """
