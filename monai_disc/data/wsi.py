@@ -44,6 +44,7 @@ __all__ = [
     "COORDS_DIR",
     "LABEL_FRACTIONS",
     "MANIFEST_COLUMNS",
+    "REF_PATCH_UM",
     "SLIDE_EXTENSIONS",
     "THUMBNAILS_DIR",
     "TILING_SETTINGS",
@@ -81,6 +82,9 @@ TISSUE_PRESETS: dict[str, dict[str, Any]] = {
     "clam": {"sthresh": 8, "mthresh": 7, "close": 4, "a_t": 100.0, "a_h": 16.0, "max_n_holes": 8},
     "biopsy": {"sthresh": 15, "mthresh": 11, "close": 2, "a_t": 1.0, "a_h": 1.0, "max_n_holes": 2},
 }
+# CLAM's reference patch is 512 level-0 pixels of a 40x slide (0.25 um/px): 128 um, so area filters mean the same
+# tissue area on slides of any resolution
+REF_PATCH_UM = 128.0
 _MPP_RTOL = 0.05  # a level within 5 % of the target counts as the target (as MONAI's mpp_rtol)
 _MAX_THUMB_DOWNSAMPLE = 64.0  # CLAM segments at the level nearest 64x
 _MIN_THUMB_PX_PER_TILE = 8.0  # a tile spans at least this many thumbnail pixels
@@ -125,7 +129,8 @@ def detect_tissue(
         a_h: smallest hole kept, in reference patches.
         max_n_holes: holes kept per piece (the largest).
         downsample: level-0 pixels per thumbnail pixel.
-        ref_patch_size: side of the reference patch in level-0 pixels.
+        ref_patch_size: side of the reference patch in level-0 pixels (CLAM: 512; :func:`tile_slide` uses
+            :data:`REF_PATCH_UM` over the slide's resolution, the same 128 um at any magnification).
 
     Returns:
         (H, W) bool mask, True on tissue.
@@ -283,6 +288,7 @@ class SlideTiling:
     Attributes:
         path: the slide file.
         base_mpp: level-0 resolution (um/px).
+        slide_size: level-0 (height, width) in pixels.
         mpp: target resolution of the tiles (um/px).
         tile_size: tile side after resizing, in pixels.
         level: pyramid level the tiles are read from.
@@ -297,6 +303,7 @@ class SlideTiling:
 
     path: str
     base_mpp: float
+    slide_size: tuple[int, int]
     mpp: float
     tile_size: int
     level: int
@@ -393,9 +400,21 @@ def plan_slide_tiles(
     finally:
         close_slide(wsi)
     sy, sx = height / thumbnail.shape[0], width / thumbnail.shape[1]
+    params.setdefault("ref_patch_size", REF_PATCH_UM / base)
     tissue_mask = detect_tissue(thumbnail, downsample=math.sqrt(sx * sy), **params)
     plan = SlideTiling(
-        str(path), base, float(mpp), int(tile_size), level, size, step, thumbnail, thumb_level, tissue_mask, (sy, sx)
+        str(path),
+        base,
+        (height, width),
+        float(mpp),
+        int(tile_size),
+        level,
+        size,
+        step,
+        thumbnail,
+        thumb_level,
+        tissue_mask,
+        (sy, sx),
     )
 
     ny, nx = height // step, width // step
