@@ -639,7 +639,8 @@ class SlideTileLoader:
             raise ValueError(
                 f"{path}: cannot read the tile at x={tile['x']}, y={tile['y']} (level {tile['level']}): {err}"
             ) from err
-        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        rgb = np.require(rgb, dtype=np.uint8, requirements=["C", "W"])  # PIL arrays are read-only
+        return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
     def close(self) -> None:
         """Close every slide this process holds open."""
