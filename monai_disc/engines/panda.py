@@ -144,10 +144,25 @@ def write_panda_metrics(
     path: str | os.PathLike,
     device: str | torch.device | None = None,
     extra: Mapping[str, Any] | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """:func:`evaluate_panda` written to a JSON file (atomically; NaN as null) and printed as a table."""
+    """:func:`evaluate_panda` written to a JSON file (atomically; NaN as null) and printed as a table.
+
+    Args:
+        model, features, panda_root, device: see :func:`evaluate_panda`.
+        path: the JSON file.
+        extra: constant entries written before the scores (the model file, ...).
+        weights: a plain state dict loaded into ``model`` first (as the bundle's ``models/model.pt``).
+
+    Raises:
+        FileNotFoundError: missing weights, features or PANDA files.
+    """
     from monai_disc.engines.evaluation import _dumps, _jsonable
 
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"TransMIL weights not found: {weights}")
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     result = evaluate_panda(model, features, panda_root, device)
     atomic_write_text(path, _dumps(_jsonable({"test": "panda", **dict(extra or {}), **result})) + "\n")
     print(format_panda_auroc(result), flush=True)

@@ -217,7 +217,8 @@ def _manifest(out: Path) -> dict[str, dict]:
 
 def test_tile_slides_records_every_slide_and_exits_1_when_some_failed(slides, tmp_path, capsys):
     out = tmp_path / "tiles"
-    argv = ["tile-slides", "--slides", str(slides["root"]), "--out", str(out), "--tile-size", "128", "--base-mpp", "0.5"]
+    argv = ["tile-slides", "--slides", str(slides["root"]), "--out", str(out), "--tile-size", "128",
+            "--base-mpp", "0.5"]  # fmt: skip
     assert main(argv) == 1
     err = capsys.readouterr().err
     rows = _manifest(out)
@@ -241,7 +242,7 @@ def test_tile_slides_records_every_slide_and_exits_1_when_some_failed(slides, tm
     assert main(argv) == 1
     assert (out / "records" / "good.json").stat().st_mtime_ns == stamp
     # other settings into the same folder are refused
-    assert main([*argv[:-4], "--tile-size", "256"]) == 2
+    assert main([*argv[:-4], "--tile-size", "256", "--base-mpp", "0.5"]) == 2
     assert "tiled with" in capsys.readouterr().err
 
 
