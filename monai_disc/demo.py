@@ -107,6 +107,8 @@ def run_demo(
     )
     figures["synthetic_slides"] = _synthetic_slides(root, out / "synthetic_slides", bundles, steps)
     figures["lambda_sweep"] = _lambda_sweep(root, out, out / "synthetic_slides", bundles, seed)
+    if (root / "panda" / "train.csv").is_file():
+        figures["panda"] = _panda_evaluation(root / "panda", out, bundles, tile_size)
     if all((bundles / weights).is_file() for _, weights, _ in GENERATORS.values()):
         result = run_comparison(root, out / "compare", bundles=bundles, num_masks=num_tiles, steps=steps, seed=seed)
         print(format_comparison(result))
@@ -153,3 +155,26 @@ def _lambda_sweep(root: Path, out: Path, slides: Path, bundles: Path, seed: int)
     print(format_sweep(summary))
     print(f"lambda sweep: {time.perf_counter() - start:.0f} s; {out / 'lambda_sweep' / 'sweep.png'}")
     return str(out / "lambda_sweep" / "sweep.md")
+
+
+def _panda_evaluation(panda: Path, out: Path, bundles: Path, tile_size: int) -> dict:
+    """The toy PANDA slides tiled (at the toy's 2 um/px), embedded from the slides, and scored by the shipped
+    toy TransMIL: AUROC per class and macro, overall and per provider."""
+    from monai_disc.data.wsi import SlideTileLoader, load_wsi_bags
+    from monai_disc.engines.panda import evaluate_panda, format_panda_auroc, load_transmil
+    from monai_disc.tile_slides import panda_slides, tile_slides
+
+    start = time.perf_counter()
+    tiled = tile_slides(panda_slides(panda), out / "panda_tiles", tile_size=tile_size, mpp=2.0, progress=False)
+    extractor = build_extractor("carcinonet_toy", weights=bundles / "carcinonet" / "models" / "model.pt")
+    extract_bag_features(
+        load_wsi_bags(out / "panda_tiles"), extractor, out / "panda_features", progress=False,
+        loader=SlideTileLoader(tile_size),
+    )  # fmt: skip
+    model = load_transmil(bundles / "transmil" / "models" / "model.pt", extractor.num_features)
+    result = evaluate_panda(model, out / "panda_features", panda)
+    n_tiles = sum(r["n_tiles"] for r in tiled.rows)
+    print(f"PANDA (toy): {len(tiled.rows)} slides, {n_tiles} tiles; {out / 'panda_tiles' / 'thumbnails'}")
+    print(format_panda_auroc(result))
+    print(f"PANDA evaluation: {time.perf_counter() - start:.1f} s")
+    return result
