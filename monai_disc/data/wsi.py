@@ -122,7 +122,9 @@ def detect_tissue(
     Args:
         thumbnail: (H, W, 3) uint8 RGB picture of the whole slide (a coarse pyramid level, not level 0).
         sthresh: saturation threshold (0..255); pixels above it are tissue.
-        mthresh: median filter size in thumbnail pixels (odd).
+        mthresh: median filter size in thumbnail pixels (odd; an even size is rounded up). With a fixed
+            threshold the median is not computed: a pixel is tissue when most of its window is above
+            ``sthresh``, which is the same thing and costs a box filter.
         close: closing kernel size in thumbnail pixels (0 for none).
         use_otsu: threshold the saturation by Otsu's method instead of ``sthresh``.
         a_t: smallest tissue piece, in reference patches.
@@ -143,11 +145,21 @@ def detect_tissue(
         raise ValueError(f"detect_tissue expects an (H, W, 3) RGB thumbnail, got shape {image.shape}")
     if downsample <= 0:
         raise ValueError(f"downsample must be positive, got {downsample}")
-    sat = _saturation(image[..., :3])
-    if mthresh > 1:
-        sat = ndimage.median_filter(sat, size=int(mthresh), mode="nearest")
-    threshold = float(threshold_otsu(sat)) if use_otsu and sat.max() > sat.min() else float(sthresh)
-    tissue = sat > threshold
+    rgb = image[..., :3]
+    k = int(mthresh) if int(mthresh) % 2 else int(mthresh) + 1  # an odd window, as OpenCV's medianBlur needs
+    if use_otsu:
+        sat = _saturation(rgb)
+        if k > 1:
+            sat = ndimage.median_filter(sat, size=k, mode="nearest")
+        tissue = sat > (float(threshold_otsu(sat)) if sat.max() > sat.min() else float(sthresh))
+    else:
+        # median(window) > t exactly when most of the window is > t: a box count instead of a median filter
+        high, low = rgb.max(axis=-1).astype(np.int32), rgb.min(axis=-1).astype(np.int32)
+        above = 255 * (high - low) > float(sthresh) * high  # saturation > sthresh, without a division
+        if k > 1:
+            votes = ndimage.uniform_filter(above.astype(np.float32), size=k, mode="nearest") * (k * k)
+            above = votes > (k * k) / 2
+        tissue = above
     if close > 1:  # pad so the closing does not erode the border
         pad = int(close)
         padded = np.pad(tissue, pad, mode="edge")
@@ -394,7 +406,7 @@ def plan_slide_tiles(
         level = max(finer, key=lambda lv: downsamples[lv]) if finer else 0
         size = max(1, int(round(step / downsamples[level])))
         limit = min(_MAX_THUMB_DOWNSAMPLE, step / _MIN_THUMB_PX_PER_TILE)
-        coarse = [lv for lv, d in enumerate(downsamples) if d <= limit]
+        coarse = [lv for lv, d in enumerate(downsamples) if d <= limit * (1 + _MPP_RTOL)]  # 64.05x counts as 64x
         thumb_level = max(coarse, key=lambda lv: downsamples[lv]) if coarse else 0
         thumbnail = _read_level(reader, wsi, thumb_level)
     finally:

@@ -127,6 +127,20 @@ def test_detect_tissue_keeps_large_pieces_and_large_holes_and_drops_specks():
     assert not otsu[80, 80] and otsu[125, 45]
 
 
+def test_detect_tissue_thresholds_the_median_filtered_saturation():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    thumb = rng.integers(0, 256, (60, 80, 3)).astype(np.uint8)
+    thumb[rng.random((60, 80)) < 0.5] = 235  # grey pixels: saturation 0
+    rgb = thumb.astype(np.float64)
+    saturation = 255 * (rgb.max(-1) - rgb.min(-1)) / np.maximum(rgb.max(-1), 1e-9)
+    expected = ndimage.median_filter(saturation, size=7, mode="nearest") > 40
+    got = detect_tissue(thumb, sthresh=40, mthresh=7, close=0, a_t=0, a_h=1e9)
+    assert expected.any() and (~expected).any()
+    assert np.array_equal(got, ndimage.binary_fill_holes(expected))  # every hole filled (a_h), no piece dropped
+
+
 def test_detect_tissue_rejects_a_grey_picture():
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         detect_tissue(np.zeros((10, 10), np.uint8))
