@@ -17,6 +17,7 @@ A tiling output folder (written by ``monai-disc tile-slides``) holds::
 
 :func:`load_wsi_bags` lists such a folder as slide bags whose tiles are coordinates, and :class:`SlideTileLoader`
 reads them for :func:`monai_disc.networks.extract_bag_features` (DataLoader workers, no JPEG written).
+Importing this module imports neither torch nor MONAI (they are imported where slides are read).
 """
 
 from __future__ import annotations
@@ -31,14 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.utils import optional_import
 from PIL import Image
+from scipy import ndimage
 
 from monai_disc.data.panda import panda_mask_to_labels
 from monai_disc.labels import LABEL_NAMES
-
-ndimage, _ = optional_import("scipy.ndimage")
-threshold_otsu, _ = optional_import("skimage.filters", name="threshold_otsu")
 
 __all__ = [
     "COORDS_DIR",
@@ -148,6 +146,9 @@ def detect_tissue(
     rgb = image[..., :3]
     k = int(mthresh) if int(mthresh) % 2 else int(mthresh) + 1  # an odd window, as OpenCV's medianBlur needs
     if use_otsu:
+        from monai.utils import optional_import
+
+        threshold_otsu, _ = optional_import("skimage.filters", name="threshold_otsu")  # scikit-image, optional
         sat = _saturation(rgb)
         if k > 1:
             sat = ndimage.median_filter(sat, size=k, mode="nearest")
