@@ -180,8 +180,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| slide / jpeg | {rate['slide']['read'] / rate['jpeg']['read']:.2f} | "
               f"{rate['slide']['embed'] / rate['jpeg']['embed']:.2f} |")  # fmt: skip
         jpeg_total = dump + statistics.median(full["jpeg"])
-        print(f"writing the JPEG tiles first (one process, not in the rates above): {n / dump:.0f} tiles/s; "
-              f"end to end, slide / (JPEG dump + JPEG features): {jpeg_total / statistics.median(full['slide']):.2f}")
+        print(
+            f"writing the JPEG tiles first (one process, not in the rates above): {n / dump:.0f} tiles/s; "
+            f"end-to-end speed, slide / JPEG with its dump: {jpeg_total / statistics.median(full['slide']):.2f}"
+        )
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
