@@ -163,14 +163,20 @@ def check_settings(out_dir: str | os.PathLike, settings: Mapping[str, Any]) -> N
         atomic_write_text(path, json.dumps(wanted, indent=1) + "\n")
 
 
-def save_thumbnail(plan: SlideTiling, path: str | os.PathLike, max_side: int = 1024) -> Path:
-    """The slide thumbnail with its tissue outline and kept tiles drawn on it, and a colour legend, as PNG."""
+def save_thumbnail(plan: SlideTiling, path: str | os.PathLike, max_side: int = 1024, min_side: int = 512) -> Path:
+    """The slide thumbnail with its tissue outline and kept tiles drawn on it, and a colour legend, as PNG.
+
+    The picture's long side is brought within [``min_side``, ``max_side``] (small thumbnails are enlarged by
+    whole factors, pixel for pixel), so tiles stay visible.
+    """
     from scipy import ndimage
 
     thumb, mask = plan.thumbnail, plan.tissue_mask
-    scale = min(1.0, max_side / max(thumb.shape[:2]))
+    long_side = max(thumb.shape[:2])
+    scale = max_side / long_side if long_side > max_side else float(max(1, min_side // long_side))
     size = (max(1, round(thumb.shape[1] * scale)), max(1, round(thumb.shape[0] * scale)))
-    picture = Image.fromarray(thumb).resize(size, Image.Resampling.BOX) if scale < 1 else Image.fromarray(thumb)
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.NEAREST
+    picture = Image.fromarray(thumb).resize(size, resample)
     small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 0
     outline = small & ~ndimage.binary_erosion(small, border_value=0)
     outline = ndimage.binary_dilation(outline) if max(size) >= 400 else outline

@@ -248,7 +248,8 @@ def test_tile_slides_records_every_slide_and_exits_1_when_some_failed(slides, tm
     assert "notes.tiff" in err and "undecodable.tiff" in err
     assert _xy(read_coords(out / "coords" / "good.csv")) == _xy(tile_slide(slides["good"], 128, 1.0))
     picture = Image.open(out / "thumbnails" / "good.png")
-    assert picture.size[1] == 96 + 22  # thumbnail over its legend strip
+    assert picture.size == (512, 4 * 96 + 22)  # the 128 x 96 thumbnail enlarged 4 times, over its legend strip
+    assert tuple(np.asarray(picture)[200, 127]) == (0, 170, 0)  # the tissue outline just left of the first tile
     assert not (out / "thumbnails" / "notes.png").exists()
 
     # resume: ok and empty slides are skipped, the failed ones retried (and still failing)
