@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["AUTOENCODER_WEIGHTS", "CARCINONET_WEIGHTS", "REPO_BUNDLES", "bundle_file"]
+__all__ = ["AUTOENCODER_WEIGHTS", "CARCINONET_WEIGHTS", "REPO_BUNDLES", "TRANSMIL_WEIGHTS", "bundle_file"]
 
 #: The bundles folder of this source checkout.
 REPO_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
@@ -18,6 +18,8 @@ REPO_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 AUTOENCODER_WEIGHTS = "gleason_ldm/models/autoencoder.pt"
 #: The toy CarcinoNet: the bundle's segmenter, the mask-fidelity ruler and the default feature extractor.
 CARCINONET_WEIGHTS = "carcinonet/models/model.pt"
+#: The toy TransMIL on the toy CarcinoNet's features.
+TRANSMIL_WEIGHTS = "transmil/models/model.pt"
 
 
 def bundle_file(relative: str | os.PathLike, bundles_dir: str | os.PathLike | None = None) -> Path:

@@ -23,3 +23,6 @@ def test_demo_draws_and_grades_with_the_shipped_weights(tmp_path):
     sweep = Path(figures["lambda_sweep"]).read_text()
     assert "| 0 |" in sweep and "| 0.3 |" in sweep and "| 0.7 |" in sweep and "GG5" in sweep
     assert (tmp_path / "lambda_sweep" / "sweep.png").stat().st_size > 1000
+    # the toy PANDA slides, tiled and embedded straight from the slides, scored per provider
+    assert figures["panda"]["overall"]["n_slides"] == 3 and figures["panda"]["radboud"]["n_slides"] == 3
+    assert (tmp_path / "panda_tiles" / "manifest.csv").is_file()

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from monai_disc.bundles import REPO_BUNDLES
+from monai_disc.bundles import REPO_BUNDLES, TRANSMIL_WEIGHTS, bundle_file
 
 __all__ = ["main", "build_parser"]
 
@@ -100,13 +100,51 @@ def _extract_features(args: argparse.Namespace) -> None:
     from monai_disc.data.tilesets import load_sicapv2_bags, load_synthetic_bags
     from monai_disc.networks import build_extractor, extract_bag_features
 
-    if args.synthetic:
+    loader = None
+    if args.wsi:
+        from monai_disc.data.wsi import SlideTileLoader, load_wsi_bags, read_tiling_settings
+
+        bags = load_wsi_bags(args.wsi)
+        loader = SlideTileLoader(read_tiling_settings(args.wsi)["tile_size"])
+    elif args.synthetic:
         bags = load_synthetic_bags(args.synthetic)
     else:
         bags = load_sicapv2_bags(args.data, args.partition, args.split)
     extractor = build_extractor(args.extractor, weights=args.weights)
-    written = extract_bag_features(bags, extractor, args.out, batch_size=args.batch_size)
+    written = extract_bag_features(
+        bags, extractor, args.out, batch_size=args.batch_size, loader=loader, num_workers=args.num_workers
+    )
     print(f"features of {len(written)} slides in {args.out}")
+
+
+def _tile_slides(args: argparse.Namespace) -> int:
+    from monai_disc.apps.tile_slides import list_slides, panda_slides, read_slide_labels, tile_slides
+
+    if args.panda:
+        slides = panda_slides(args.panda)
+    else:
+        slides = list_slides(args.slides, read_slide_labels(args.labels) if args.labels else None)
+    result = tile_slides(
+        slides, args.out, tile_size=args.tile_size, mpp=args.mpp, min_tissue=args.min_tissue,
+        base_mpp=args.base_mpp, tissue=args.tissue,
+    )  # fmt: skip
+    counts = {s: sum(r["status"] == s for r in result.rows) for s in ("ok", "empty", "error")}
+    print(f"{len(result.rows)} slides: {counts['ok']} ok, {counts['empty']} empty, {counts['error']} failed")
+    for row in result.failed:
+        print(f"monai-disc tile-slides: error: {row['message']}", file=sys.stderr)
+    print(f"manifest: {result.manifest}" if result.manifest else "this rank is done; the last rank writes the manifest")
+    return 1 if result.failed else 0
+
+
+def _evaluate_slides(args: argparse.Namespace) -> None:
+    from monai_disc.engines.panda import load_transmil, write_panda_metrics
+    from monai_disc.networks.features import FeatureBagDataset
+
+    width = FeatureBagDataset(args.features).num_features
+    model = load_transmil(args.model, width, args.network)
+    out = Path(args.out) if args.out else Path(args.features) / "metrics_panda.json"
+    write_panda_metrics(model, args.features, args.panda, out, extra={"model": str(args.model)})
+    print(f"metrics: {out}")
 
 
 def _named_dirs(pairs: Sequence[str], option: str) -> dict[str, str]:
@@ -220,13 +258,36 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="SICAPv2 root (real slides)")
     source.add_argument("--synthetic", help="a generate-slides output folder (with manifest.csv)")
+    source.add_argument("--wsi", help="a tile-slides output folder: tiles read from the slides at their coordinates")
     p.add_argument("--partition", default="Test")
     p.add_argument("--split", default="Train")
     p.add_argument("--out", required=True, help="feature cache folder (one .pt per slide)")
     p.add_argument("--extractor", default="carcinonet_toy", help="vit_small_dino, resnet50_mocov2, ... or a timm name")
     p.add_argument("--weights", default=None, help="local weight file of the extractor")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading tiles")
     p.set_defaults(func=_extract_features)
+
+    p = sub.add_parser("tile-slides", help="find tissue and tile whole slides at a target resolution")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--slides", nargs="+", help="slide files or folders of them")
+    source.add_argument("--panda", help="a PANDA root (train.csv, train_images/, train_label_masks/)")
+    p.add_argument("--out", required=True, help="output folder: manifest.csv, coords/, thumbnails/")
+    p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels after resizing")
+    p.add_argument("--mpp", type=float, default=1.0, help="target resolution in um/px (1.0: SICAPv2's 10x)")
+    p.add_argument("--min-tissue", type=float, default=0.5, help="smallest tissue fraction of a kept tile")
+    p.add_argument("--base-mpp", type=float, default=None, help="level-0 um/px of slides whose metadata has none")
+    p.add_argument("--tissue", default="biopsy", choices=["biopsy", "clam"], help="tissue detection preset")
+    p.add_argument("--labels", default=None, help="csv of slide_id, gleason_score (with --slides)")
+    p.set_defaults(func=_tile_slides)
+
+    p = sub.add_parser("evaluate-slides", help="TransMIL slide AUROC on PANDA bags, overall and per provider")
+    p.add_argument("--features", required=True, help="feature folder of extract-features --wsi on a PANDA tiling")
+    p.add_argument("--panda", required=True, help="the PANDA root (labels from gleason_score, providers)")
+    p.add_argument("--model", default=str(bundle_file(TRANSMIL_WEIGHTS)))
+    p.add_argument("--network", default="transmil_toy", choices=["transmil", "transmil_toy"])
+    p.add_argument("--out", default=None, help="metrics JSON (default FEATURES/metrics_panda.json)")
+    p.set_defaults(func=_evaluate_slides)
 
     p = sub.add_parser("lambda-sweep", help="TransMIL slide AUROC against lambda per generator, over seeds")
     p.add_argument("--train", required=True, help="real training feature folder")
@@ -261,14 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         # MONAI re-raises transform errors as "applying transform ..."; the innermost cause names the file
         while e.__cause__ is not None:
             e = e.__cause__
         print(f"monai-disc {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from PIL import Image
 from monai_disc.apps.compare import format_comparison, held_out_masks, run_comparison
 from monai_disc.apps.generate_slides import generate_slides
 from monai_disc.apps.sweep import format_sweep, lambda_sweep
-from monai_disc.bundles import CARCINONET_WEIGHTS, bundle_file
+from monai_disc.bundles import CARCINONET_WEIGHTS, TRANSMIL_WEIGHTS, bundle_file
 from monai_disc.data import format_summary, load_sicapv2, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
 from monai_disc.data.synthetic import IMAGES_DIR, MASKS_DIR
 from monai_disc.data.tilesets import load_sicapv2_bags, load_synthetic_bags
@@ -114,6 +114,8 @@ def run_demo(
     )
     figures["synthetic_slides"] = _synthetic_slides(root, out / "synthetic_slides", sd)
     figures["lambda_sweep"] = _lambda_sweep(root, out, out / "synthetic_slides", bundles_dir, seed)
+    if (root / "panda" / "train.csv").is_file():
+        figures["panda"] = _panda_evaluation(root / "panda", out, bundles_dir, tile_size)
     if all(bundle_file(entry.weights, bundles_dir).is_file() for entry in GENERATORS.values()):
         result = run_comparison(
             root, out / "compare", bundles_dir=bundles_dir, num_masks=num_tiles, seed=seed, **sampling
@@ -161,3 +163,26 @@ def _lambda_sweep(root: Path, out: Path, slides: Path, bundles_dir: str | os.Pat
     print(format_sweep(summary))
     print(f"lambda sweep: {time.perf_counter() - start:.0f} s; {out / 'lambda_sweep' / 'sweep.png'}")
     return str(out / "lambda_sweep" / "sweep.md")
+
+
+def _panda_evaluation(panda: Path, out: Path, bundles_dir: str | os.PathLike | None, tile_size: int) -> dict:
+    """The toy PANDA slides tiled (at the toy's 2 um/px), embedded from the slides, and scored by the shipped
+    toy TransMIL: AUROC per class and macro, overall and per provider."""
+    from monai_disc.apps.tile_slides import panda_slides, tile_slides
+    from monai_disc.data.wsi import SlideTileLoader, load_wsi_bags
+    from monai_disc.engines.panda import evaluate_panda, format_panda_auroc, load_transmil
+
+    start = time.perf_counter()
+    tiled = tile_slides(panda_slides(panda), out / "panda_tiles", tile_size=tile_size, mpp=2.0, progress=False)
+    extractor = build_extractor("carcinonet_toy", weights=bundle_file(CARCINONET_WEIGHTS, bundles_dir))
+    extract_bag_features(
+        load_wsi_bags(out / "panda_tiles"), extractor, out / "panda_features", progress=False,
+        loader=SlideTileLoader(tile_size),
+    )  # fmt: skip
+    model = load_transmil(bundle_file(TRANSMIL_WEIGHTS, bundles_dir), extractor.num_features)
+    result = evaluate_panda(model, out / "panda_features", panda)
+    n_tiles = sum(r["n_tiles"] for r in tiled.rows)
+    print(f"PANDA (toy): {len(tiled.rows)} slides, {n_tiles} tiles; {out / 'panda_tiles' / 'thumbnails'}")
+    print(format_panda_auroc(result))
+    print(f"PANDA evaluation: {time.perf_counter() - start:.1f} s")
+    return result

@@ -1,4 +1,4 @@
-"""Where data comes from: SICAPv2, PANDA and plain-folder data lists (no torch import here).
+"""Where data comes from: SICAPv2, PANDA and plain-folder data lists, whole slides (no torch import here).
 
 The toy generator is re-exported too; it imports only numpy, scipy, PIL and tifffile.
 """
@@ -15,16 +15,23 @@ from .sicapv2 import (
     summarize_sicapv2,
 )
 from .toy import make_toy_sicapv2, save_contact_sheet
+from .wsi import SlideTileLoader, detect_tissue, load_wsi_bags, open_slide, read_tile, tile_slide
 
 __all__ = [
+    "SlideTileLoader",
+    "detect_tissue",
     "format_summary",
     "load_folder",
     "load_panda",
     "load_sicapv2",
     "load_sicapv2_slide_labels",
     "load_sicapv2_slides",
+    "load_wsi_bags",
+    "open_slide",
     "make_toy_sicapv2",
     "panda_mask_to_labels",
+    "read_tile",
     "save_contact_sheet",
     "summarize_sicapv2",
+    "tile_slide",
 ]

@@ -1090,8 +1090,10 @@ def _write_pyramid_tiff(path: Path, levels: list[np.ndarray], mpp: float) -> Non
             )
 
 
-def _write_panda_slide(root: Path, seed: int, index: int, size: tuple[int, int], n_levels: int) -> dict[str, Any]:
-    """Draw and write one PANDA-layout slide and its mask; return its ``train.csv`` row."""
+def _write_panda_slide(
+    root: Path, seed: int, index: int, size: tuple[int, int], n_levels: int, provider: str = "radboud"
+) -> dict[str, Any]:
+    """Draw and write one PANDA-layout slide and its mask (radboud or karolinska values); return its csv row."""
     rng = _rng(seed, 4, index)
     values = np.array([0, 3, 4, 5])
     primary, secondary = _PANDA_SCORES[index % len(_PANDA_SCORES)]
@@ -1108,22 +1110,31 @@ def _write_panda_slide(root: Path, seed: int, index: int, size: tuple[int, int],
     rgb, radboud = draw_tissue(mask, rng, stain=random_stain(rng), tissue=tissue)
     _write_pyramid_tiff(root / "train_images" / f"{image_id}.tiff", _pyramid(rgb, n_levels, 4, False), 2.0)
     label_rgb = np.zeros(rgb.shape, dtype=np.uint8)
-    label_rgb[..., 0] = radboud
+    if provider == "karolinska":  # 1 benign tissue, 2 cancer of any grade
+        label_rgb[..., 0] = np.where(radboud >= 3, 2, np.minimum(radboud, 1))
+    else:
+        label_rgb[..., 0] = radboud
     _write_pyramid_tiff(
         root / "train_label_masks" / f"{image_id}_mask.tiff", _pyramid(label_rgb, n_levels, 4, True), 2.0
     )
-    score = "negative" if primary == 0 else f"{values[primary]}+{values[secondary]}"
+    negative = "0+0" if provider == "karolinska" else "negative"
+    score = negative if primary == 0 else f"{values[primary]}+{values[secondary]}"
     isup = _ISUP[(int(values[primary]), int(values[secondary]))]
-    return {"image_id": image_id, "data_provider": "radboud", "isup_grade": isup, "gleason_score": score}
+    return {"image_id": image_id, "data_provider": provider, "isup_grade": isup, "gleason_score": score}
 
 
-def _panda_jobs(root: Path, n_slides: int, seed: int, size: tuple[int, int], n_levels: int) -> list[tuple]:
+def _panda_jobs(
+    root: Path, n_slides: int, seed: int, size: tuple[int, int], n_levels: int, providers: Sequence[str] = ("radboud",)
+) -> list[tuple]:
     width, height = int(size[0]), int(size[1])
     if width < 256 or height < 256 or n_slides < 1:
         raise ValueError(f"make_toy_panda needs n_slides >= 1 and size >= 256 px, got {n_slides}, {size}.")
+    unknown = [p for p in providers if p not in ("radboud", "karolinska")]
+    if unknown or not providers:
+        raise ValueError(f"providers must be 'radboud' and/or 'karolinska', got {list(providers)}.")
     (root / "train_images").mkdir(parents=True, exist_ok=True)
     (root / "train_label_masks").mkdir(parents=True, exist_ok=True)
-    return [(root, seed, i, (width, height), n_levels) for i in range(n_slides)]
+    return [(root, seed, i, (width, height), n_levels, providers[i % len(providers)]) for i in range(n_slides)]
 
 
 def _write_panda_table(root: Path, rows: list[dict[str, Any]]) -> None:
@@ -1136,8 +1147,9 @@ def make_toy_panda(
     seed: int = 0,
     size: tuple[int, int] = (2048, 1536),
     n_levels: int = 3,
+    providers: Sequence[str] = ("radboud",),
 ) -> Path:
-    """Write small pyramidal TIFF slides with radboud masks in the PANDA layout.
+    """Write small pyramidal TIFF slides with radboud (or karolinska) masks in the PANDA layout.
 
     ``train_images/<id>.tiff`` (RGB), ``train_label_masks/<id>_mask.tiff`` (labels in the R
     channel: 0 glass, 1 stroma, 2 benign epithelium, 3/4/5 Gleason) and ``train.csv``. Tissue
@@ -1150,15 +1162,17 @@ def make_toy_panda(
         seed: random seed (same seed, same bytes).
         size: level-0 width and height in pixels.
         n_levels: pyramid levels.
+        providers: data providers assigned to the slides in turn; karolinska masks hold 1 (benign) and 2
+            (cancer) and karolinska negatives are written ``0+0``, as in PANDA.
 
     Returns:
         The output folder.
 
     Raises:
-        ValueError: for a size under 256 px or fewer than one slide.
+        ValueError: for a size under 256 px, fewer than one slide, or an unknown provider.
     """
     root = Path(root)
-    rows = [_write_panda_slide(*job) for job in _panda_jobs(root, n_slides, seed, size, n_levels)]
+    rows = [_write_panda_slide(*job) for job in _panda_jobs(root, n_slides, seed, size, n_levels, tuple(providers))]
     _write_panda_table(root, rows)
     return root
 

@@ -362,7 +362,7 @@ def _check_extractor_info(out: Path, extractor: FeatureExtractor) -> None:
 class _TileList(Dataset):
     """(tile, slide index) pairs of the pending slides, in order, so batches may span slides."""
 
-    def __init__(self, items: list[tuple[int, str]], loader: Callable[[str], torch.Tensor]) -> None:
+    def __init__(self, items: list[tuple[int, Any]], loader: Callable[[Any], torch.Tensor]) -> None:
         self.items = items
         self.loader = loader
 
@@ -424,7 +424,9 @@ def extract_bag_features(
         progress: show a tqdm bar over this rank's tiles.
         device: where the extractor runs; None keeps the extractor's device.
         dtype: storage type of the features (float16 halves the cache; TransMIL casts them back).
-        loader: tile path -> (3, H, W) tensor in [-1, 1]; defaults to :func:`monai_disc.data.tile_loader`.
+        loader: tile -> (3, H, W) tensor in [-1, 1]; defaults to :func:`monai_disc.data.tile_loader` (tile
+            paths). Tiles that are dicts (slide coordinates, :func:`monai_disc.data.wsi.load_wsi_bags`) are passed
+            as they are, e.g. to :class:`monai_disc.data.wsi.SlideTileLoader`.
         num_workers: DataLoader workers that read tiles.
 
     Returns:
@@ -450,7 +452,7 @@ def extract_bag_features(
 
     mine = list(range(rank, len(bags), world_size))
     pending = [i for i in mine if not Path(manifest[i]["features"]).is_file()]
-    items = [(i, str(p)) for i in pending for p in bags[i]["tiles"]]
+    items = [(i, p if isinstance(p, Mapping) else str(p)) for i in pending for p in bags[i]["tiles"]]
     if device is not None:
         extractor = extractor.to(device)
     run_device = next(iter(extractor.buffers())).device

@@ -273,3 +273,17 @@ def test_contact_sheet_shows_every_pattern(small, tmp_path):
     assert sheet.height >= 2 * 64
     with pytest.raises(FileNotFoundError, match="images"):
         save_contact_sheet(tmp_path / "nothing", tmp_path / "x.png")
+
+
+def test_panda_slides_alternate_providers_with_karolinska_masks(tmp_path):
+    root = make_toy_panda(tmp_path / "panda", n_slides=3, seed=1, size=(384, 256), n_levels=2,
+                          providers=("karolinska", "radboud"))  # fmt: skip
+    table = pd.read_csv(root / "train.csv")
+    assert list(table.data_provider) == ["karolinska", "radboud", "karolinska"]
+    assert list(table.gleason_score) == ["0+0", "3+4", "4+5"]  # karolinska negatives are written 0+0
+    for image_id, score in zip(table.image_id[::2], table.gleason_score[::2]):
+        with openslide.OpenSlide(root / "train_label_masks" / f"{image_id}_mask.tiff") as mask:
+            red = set(np.unique(np.asarray(mask.read_region((0, 0), 0, mask.level_dimensions[0]))[..., 0]))
+        assert red == ({0, 1} if score == "0+0" else {0, 1, 2}), (score, red)  # benign 1, cancer 2, no grades
+    with pytest.raises(ValueError, match="providers"):
+        make_toy_panda(tmp_path / "bad", n_slides=1, size=(256, 256), providers=("leiden",))
