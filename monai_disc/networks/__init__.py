@@ -21,6 +21,7 @@ from .carcinonet import CarcinoNet, carcinonet_toy, load_encoder_weights
 from .denoiser import MaskConditionedUNet, mask_ldm_toy, mask_ldm_vq_f4
 from .features import FeatureBagDataset, FeatureExtractor, build_extractor, extract_bag_features
 from .mask_encoder import MaskEncoder
+from .nystrom import NystromAttention, moore_penrose_iter_pinv
 from .transmil import PPEG, TransLayer, TransMIL, pad_to_square, transmil_toy
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "extract_bag_features",
     "MaskConditionedUNet",
     "MaskEncoder",
+    "NystromAttention",
+    "moore_penrose_iter_pinv",
     "mask_ldm_toy",
     "mask_ldm_vq_f4",
     "PPEG",
