@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .autoencoder import ScaleFactorHandler, VQAutoencoderTrainer, loss_terms
+from .batching import fit_batch_size
 from .checkpoint import ResumableCheckpoint, latest_checkpoint
 from .disc import DISCPrepareBatch, random_masks
 from .distill import DistillationSet, distill_seed, write_distillation_set
@@ -20,6 +21,7 @@ from .segmentation import SegmentationLoss, carcinonet_train_transforms
 from .time_limit import TimeLimitHandler
 
 __all__ = [
+    "fit_batch_size",
     "evaluate_transmil",
     "train_transmil",
     "DISCPrepareBatch",
