@@ -14,10 +14,12 @@ from .sicapv2 import (
     load_sicapv2_slides,
     summarize_sicapv2,
 )
+from .slide_bags import list_slide_bags
 from .toy import make_toy_sicapv2, save_contact_sheet
 
 __all__ = [
     "format_summary",
+    "list_slide_bags",
     "load_folder",
     "load_panda",
     "load_sicapv2",

@@ -18,10 +18,13 @@ from .ldm import (
 from .mil import evaluate_transmil, train_transmil
 from .mixed import LOSS_REAL, LOSS_SYNTH, MixedSupervisedTrainer, loss_parts, mix_losses
 from .segmentation import SegmentationLoss, carcinonet_train_transforms
+from .slide_writer import SlideProbabilityWriter, slide_prediction_rows
 from .time_limit import TimeLimitHandler
 
 __all__ = [
     "fit_batch_size",
+    "SlideProbabilityWriter",
+    "slide_prediction_rows",
     "evaluate_transmil",
     "train_transmil",
     "DISCPrepareBatch",
