@@ -106,13 +106,13 @@ def test_config_workflows_have_required_properties(config, workflow_type, distil
 @pytest.mark.parametrize(
     "generator, weights, separated",
     [("sd", "sd/model.pt", False), ("sc", "sd/model.pt", True), ("disc", "models/model_disc.pt", False),
-     ("cotrain", "models/model_cotrain.pt", False)],
+     ("cotrain", "models/model.pt", False)],
 )  # fmt: skip
 def test_inference_generator_switch_picks_weights_and_sampler(generator, weights, separated, tmp_path):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.yaml"))
     parser.update({"generator": generator, "sd_model_dir": str(tmp_path / "sd"), "model_dir": str(tmp_path / "models")})
-    assert parser.get_parsed_content("network_path") == str(tmp_path / weights)
+    assert parser.get_parsed_content("ckpt_path") == str(tmp_path / weights)
     sampler = parser.get_parsed_content("inferer").sampler
     assert isinstance(sampler, SeparatedConditionInferer) is separated
     assert parser.get_parsed_content("output_dir").endswith(f"/eval/{generator}")
