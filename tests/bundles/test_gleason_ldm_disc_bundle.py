@@ -93,6 +93,7 @@ def test_config_workflows_have_required_properties(config, workflow_type, distil
         workflow_type=workflow_type,
         dataset_dir=str(dataset_dir),
         output_dir=str(tmp_path / "out"),
+        bundle_root=str(ROOT),
         sd_model_dir=str(distilled["out"] / "sd"),
         **paths,
     )
