@@ -59,10 +59,11 @@ README_SECTIONS = (
     "Model Overview",
     "Data",
     "Training configuration",
+    "Input and output formats",
     "Performance",
     "MONAI Bundle Commands",
-    "Limitations",
     "TorchScript",
+    "Limitations",
     "References",
     "License",
 )
