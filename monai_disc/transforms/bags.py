@@ -65,7 +65,8 @@ class LoadBag(Transform):
             from monai_disc.data.tilesets import tile_loader
 
             self.loader = tile_loader()
-        device = next(iter(self.extractor.parameters())).device
+        tensors = [*self.extractor.parameters(), *self.extractor.buffers()]
+        device = tensors[0].device if tensors else torch.device("cpu")
         self.extractor.eval()
         parts = []
         with torch.inference_mode():
