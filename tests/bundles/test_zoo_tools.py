@@ -217,7 +217,7 @@ def _monailabel_infer(bundle: str, data: dict) -> dict:
     task = BundleInferTask(str(BUNDLES / bundle), conf={}, add_post_restore=False, post_filter=None)
     assert task.is_valid() and task.key_image == "image"
     task.bundle_config["device"] = "$torch.device('cpu')"
-    data = {**data, "device": "cpu"}
+    data = {**data, "device": "cpu", "model_filename": "model.pt"}  # the server merges its config into requests
     data = task.run_pre_transforms(data, task.pre_transforms(data))
     data = task.run_inferer(data, device="cpu")
     return task.run_post_transforms(data, task.post_transforms(data))
