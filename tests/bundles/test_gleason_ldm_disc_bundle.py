@@ -113,6 +113,7 @@ def test_inference_generator_switch_picks_weights_and_sampler(generator, weights
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.yaml"))
     parser.update({"generator": generator, "sd_model_dir": str(tmp_path / "sd"), "model_dir": str(tmp_path / "models")})
+    parser["autoencoder_path"] = str(ROOT / "models" / "autoencoder.pt")  # loaded when the inferer is parsed
     assert parser.get_parsed_content("ckpt_path") == str(tmp_path / weights)
     sampler = parser.get_parsed_content("inferer").sampler
     assert isinstance(sampler, SeparatedConditionInferer) is separated
