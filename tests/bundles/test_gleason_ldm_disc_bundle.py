@@ -206,7 +206,8 @@ def test_inference_with_separated_conditions_matches_the_library_sampler(distill
         labels.append(m)
     out = tmp_path / "tiles"
     bundle_run(BUNDLE, ["inference.yaml"], "--dataset_dir", str(masks), "--output_dir", str(out),
-               "--sd_model_dir", str(distilled["out"] / "sd"), "--generator", "sc", "--num_inference_steps", "2")  # fmt: skip
+               "--sd_model_dir", str(distilled["out"] / "sd"), "--generator", "sc", "--num_inference_steps", "2",
+               "--autoencoder_path", str(distilled["out"] / "sd" / "autoencoder.pt"))  # fmt: skip
     assert sorted(p.name for p in out.glob("*_tile.png")) == ["mask0_tile.png", "mask1_tile.png"]
     tiles = np.stack([np.asarray(Image.open(out / f"mask{i}_tile.png")) for i in range(2)]).astype(int)
 
