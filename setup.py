@@ -24,11 +24,11 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.7",
     "pyyaml>=6.0",
     "fire>=0.5",  # python -m monai.bundle
-    "nystrom-attention>=0.0.11",
 ]
 
 EXTRAS_REQUIRE = {
-    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.5", "mkdocs>=1.5"],
+    # nystrom-attention: the reference the project's own (scriptable) Nystrom attention is tested against
+    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.5", "mkdocs>=1.5", "nystrom-attention>=0.0.11"],
     # the set that starts monailabel 0.8.5: pydicom 3 lacks pydicom._storage_sopclass_uids (MONAILabel #1841)
     "monailabel": ["monailabel==0.8.5", "pydicom==2.4.5", "pynetdicom==2.1.1", "dicomweb-client==0.59.1"],
 }

@@ -14,6 +14,7 @@ from .sicapv2 import (
     load_sicapv2_slides,
     summarize_sicapv2,
 )
+from .slide_bags import list_slide_bags
 from .toy import make_toy_sicapv2, save_contact_sheet
 from .wsi import SlideTileLoader, detect_tissue, load_wsi_bags, open_slide, read_tile, tile_slide
 
@@ -21,6 +22,7 @@ __all__ = [
     "SlideTileLoader",
     "detect_tissue",
     "format_summary",
+    "list_slide_bags",
     "load_folder",
     "load_panda",
     "load_sicapv2",

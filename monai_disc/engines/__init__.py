@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .autoencoder import ScaleFactorHandler, VQAutoencoderTrainer, loss_terms
+from .batching import fit_batch_size
 from .checkpoint import ResumableCheckpoint, latest_checkpoint
 from .disc import DISCPrepareBatch
 from .distill import DistillationSet, distill_seed, write_distillation_set
@@ -17,9 +18,13 @@ from .ldm import (
 from .mil import evaluate_transmil, train_transmil
 from .mixed import LOSS_REAL, LOSS_SYNTH, MixedSupervisedTrainer, loss_parts, mix_losses
 from .segmentation import SegmentationLoss, carcinonet_train_transforms
+from .slide_writer import SlideProbabilityWriter, slide_prediction_rows
 from .time_limit import TimeLimitHandler
 
 __all__ = [
+    "fit_batch_size",
+    "SlideProbabilityWriter",
+    "slide_prediction_rows",
     "evaluate_transmil",
     "train_transmil",
     "DISCPrepareBatch",

@@ -31,9 +31,9 @@ from monai.transforms import Compose
 from monai_disc.data.folder import FOLDER_IMAGE_EXTENSIONS, load_folder
 from monai_disc.data.sicapv2 import load_sicapv2
 from monai_disc.io import atomic_write_text
-from monai_disc.labels import NUM_CLASSES
+from monai_disc.labels import NUM_CLASSES, PANDA_RADBOUD_VALUE_TO_LABEL
 from monai_disc.transforms.functional import as_label_map
-from monai_disc.transforms.pipelines import folder_tile_transforms, sicapv2_tile_transforms
+from monai_disc.transforms.pipelines import folder_tile_transforms, sicapv2_tile_transforms, tile_transforms
 from monai_disc.visualize import overlay, save_grid, save_picture, to_uint8
 
 __all__ = [
@@ -49,7 +49,9 @@ __all__ = [
     "pending_tiles",
 ]
 
-DATA_FORMATS: tuple[str, ...] = ("sicapv2", "folder")
+# sicapv2: partition sheets, JPEG masks 0/3/4/5; folder: images/ + masks/ PNG labels 0..3 (MONAI Label's layout);
+# panda: the folder layout holding tiles cut from PANDA radboud slides, masks with radboud values 0..5 (grayscale)
+DATA_FORMATS: tuple[str, ...] = ("sicapv2", "folder", "panda")
 LABELS_SUBDIR = "labels"
 OVERLAYS_SUBDIR = "overlays"
 
@@ -70,8 +72,9 @@ def labelled_tiles(
 
     Args:
         root: a SICAPv2-layout folder (``data_format="sicapv2"``) or a plain folder with ``images/`` and
-            ``masks/`` (``"folder"``, see :func:`monai_disc.data.folder.load_folder`).
-        data_format: ``"sicapv2"`` or ``"folder"``.
+            ``masks/`` (``"folder"`` and ``"panda"``, see :func:`monai_disc.data.folder.load_folder`).
+        data_format: one of :data:`DATA_FORMATS`: ``"sicapv2"``, ``"folder"`` (masks hold labels 0..3) or
+            ``"panda"`` (tiles of PANDA radboud slides whose masks hold the radboud values 0..5).
         partition: SICAPv2 partition (``"Test"``, ``"Val1"`` .. ``"Val4"``); ignored for folders.
         split: SICAPv2 split (``"Train"`` or ``"Test"``); ignored for folders.
 
@@ -97,11 +100,20 @@ def labelled_tiles(
 def labelled_tile_transforms(data_format: str = "sicapv2", label_key: str = "label") -> Compose:
     """Loading pipeline of :func:`labelled_tiles` items: tile in [-1, 1], label map 0..3 under ``label_key``.
 
+    SICAPv2 JPEG masks (0/3/4/5) are snapped to the nearest stored value; folder masks must hold 0..3 exactly;
+    PANDA radboud masks map 0, 1, 2 (background, stroma, benign) to NC and 3, 4, 5 to GG3, GG4, GG5.
+
     Raises:
         ValueError: for an unknown ``data_format``.
     """
-    if _check_format(data_format) == "sicapv2":
+    data_format = _check_format(data_format)
+    if data_format == "sicapv2":
         return sicapv2_tile_transforms(mask_key=label_key)
+    if data_format == "panda":
+        values = sorted(PANDA_RADBOUD_VALUE_TO_LABEL)
+        return tile_transforms(
+            mask_key=label_key, mask_values=values, mask_labels=[PANDA_RADBOUD_VALUE_TO_LABEL[v] for v in values]
+        )
     return folder_tile_transforms(mask_key=label_key)
 
 

@@ -70,17 +70,36 @@ class MaskBatch:
 class MaskLDMInferer(Inferer):
     """MONAI ``Inferer`` over :class:`MaskLDMSampler`: masks in, tiles out, the denoiser passed as the network.
 
+    Seeds, in order of precedence: the ``seeds`` argument (what :class:`MaskBatch` passes in a bundle run);
+    otherwise, when the masks are MONAI ``MetaTensor`` s that name their files (as any MONAI loader leaves them),
+    ``mask_seed(file name, seed)`` per mask, so a runner that calls ``inferer(inputs, network)`` alone (MONAI
+    Label's ``BundleInferTask``) draws the same tile as ``monai.bundle run``; otherwise seeds from torch's
+    global generator.
+
     Args:
-        sampler: a :class:`monai_disc.inferers.MaskLDMSampler`.
+        sampler: a :class:`monai_disc.inferers.MaskLDMSampler` (or any sampler with its ``sample``).
         autoencoder: the first stage that decodes latents.
+        seed: base seed of the name-derived seeds.
     """
 
-    def __init__(self, sampler: Any, autoencoder: nn.Module) -> None:
+    def __init__(self, sampler: Any, autoencoder: nn.Module, seed: int = 0) -> None:
         super().__init__()
         self.sampler = sampler
         self.autoencoder = autoencoder
+        self.seed = seed
+
+    def _seeds_from_names(self, inputs: torch.Tensor) -> list[int] | None:
+        names = getattr(inputs, "meta", {}).get("filename_or_obj")
+        if not names:
+            return None
+        names = [names] * inputs.shape[0] if isinstance(names, (str, os.PathLike)) else list(names)
+        if len(names) != inputs.shape[0] or not all(names):
+            return None
+        return [mask_seed(name, self.seed) for name in names]
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, seeds: Sequence[int] | None = None, **kwargs):
+        if seeds is None:
+            seeds = self._seeds_from_names(inputs)
         return self.sampler.sample(as_label_map(inputs, name="masks"), self.autoencoder, network, seeds=seeds)
 
 

@@ -21,7 +21,9 @@ from .carcinonet import CarcinoNet, carcinonet_toy, load_encoder_weights
 from .denoiser import MaskConditionedUNet, mask_ldm_toy, mask_ldm_vq_f4
 from .features import FeatureBagDataset, FeatureExtractor, build_extractor, extract_bag_features
 from .mask_encoder import MaskEncoder
+from .nystrom import NystromAttention, moore_penrose_iter_pinv
 from .transmil import PPEG, TransLayer, TransMIL, pad_to_square, transmil_toy
+from .weights import load_network
 
 __all__ = [
     "FeatureBagDataset",
@@ -30,6 +32,8 @@ __all__ = [
     "extract_bag_features",
     "MaskConditionedUNet",
     "MaskEncoder",
+    "NystromAttention",
+    "moore_penrose_iter_pinv",
     "mask_ldm_toy",
     "mask_ldm_vq_f4",
     "PPEG",
@@ -49,4 +53,5 @@ __all__ = [
     "load_compvis_vq_f4",
     "vq_f4",
     "vq_f4_toy",
+    "load_network",
 ]

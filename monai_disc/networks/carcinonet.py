@@ -96,8 +96,10 @@ class PyramidPoolingBridge(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre(x)
         size = x.shape[-2:]
-        pooled = [F.interpolate(b(x), size=size, mode="bilinear", align_corners=False) for b in self.branches]
-        return self.reduce(torch.cat([x, *pooled], dim=1))
+        parts = [x]  # a list built by appending (not ``[x, *pooled]``), so TorchScript can type it
+        for branch in self.branches:
+            parts.append(F.interpolate(branch(x), size=size, mode="bilinear", align_corners=False))
+        return self.reduce(torch.cat(parts, dim=1))
 
 
 class SkipSumUpBlock(nn.Module):
@@ -275,8 +277,9 @@ class CarcinoNet(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h))  # zero = the encoder's mean colour
         feats = self.encoder(x)
         y = self.bridge(feats[-1])
-        for block, skip in zip(self.decoder, feats[-2::-1]):
-            y = block(y, skip)
+        # the skips from the second-deepest level up; indexed, not zipped, so TorchScript can unroll the loop
+        for i, block in enumerate(self.decoder):
+            y = block(y, feats[len(feats) - 2 - i])
         y = self.head(self.final_up(y))
         return y[..., :h, :w]
 

@@ -11,10 +11,11 @@ The head returns logits; the multi-label sigmoid over [NC, GG3, GG4, GG5] lives 
 (``BCEWithLogitsLoss``) and at evaluation, so the same network serves any label layout.
 
 Bags of different lengths cannot share a batch (no instance mask, as in the official code); train
-with one bag per step, or with bags cut to one length. The attention is ``nystrom-attention``'s
-(the package the official code uses). Its pseudo-inverse is started from a scale taken over the
-whole batch, so a bag's logits shift very slightly with its batch mates; with one bag per batch
-(the official setting) this never arises.
+with one bag per step, or with bags cut to one length. The attention is :mod:`monai_disc.networks.nystrom`:
+the maths and parameter names of ``nystrom-attention`` (the package the official code uses), written so that
+``torch.jit.script`` compiles the whole network for any bag size. Its pseudo-inverse is started from a scale
+taken over the whole batch, so a bag's logits shift very slightly with its batch mates; with one bag per
+batch (the official setting) this never arises.
 """
 
 from __future__ import annotations
@@ -24,9 +25,20 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from nystrom_attention import NystromAttention
+
+from .nystrom import NystromAttention
 
 __all__ = ["PPEG", "TransLayer", "TransMIL", "pad_to_square", "transmil", "transmil_toy"]
+
+
+def _ceil_sqrt(n: int) -> int:
+    """ceil(sqrt(n)) exactly, in operations TorchScript compiles (``math.isqrt`` is not one of them)."""
+    side = int(math.sqrt(n))
+    while side * side < n:
+        side += 1
+    while side > 1 and (side - 1) * (side - 1) >= n:
+        side -= 1
+    return side
 
 
 def pad_to_square(x: torch.Tensor) -> torch.Tensor:
@@ -43,9 +55,9 @@ def pad_to_square(x: torch.Tensor) -> torch.Tensor:
         ValueError: when ``x`` is not 3-D or holds no instances.
     """
     if x.ndim != 3 or x.shape[1] < 1:
-        raise ValueError(f"pad_to_square expects instances (B, N >= 1, C), got shape {tuple(x.shape)}.")
+        raise ValueError(f"pad_to_square expects instances (B, N >= 1, C), got shape {list(x.shape)}.")
     n = x.shape[1]
-    side = math.isqrt(n - 1) + 1  # ceil(sqrt(n)) in exact integer arithmetic
+    side = _ceil_sqrt(n)
     extra = side * side - n
     if extra == 0:
         return x
@@ -103,8 +115,8 @@ class TransLayer(nn.Module):
         Returns:
             tokens (B, L, dim) and the class-token attention (B, heads, L) over the L input tokens.
         """
-        out, (attn1, attn2_inv, attn3) = self.attn(self.norm(x), return_attn_matrices=True)
-        lead = attn1.shape[-2] - x.shape[1]  # the package pads zeros *before* the sequence
+        out, attn1, attn2_inv, attn3 = self.attn.attention(self.norm(x))
+        lead = attn1.shape[-2] - x.shape[1]  # the attention pads zeros *before* the sequence
         row = attn1[:, :, lead : lead + 1] @ attn2_inv @ attn3  # (B, heads, 1, L_padded)
         return x + out, row[:, :, 0, lead:]
 
@@ -213,17 +225,17 @@ class TransMIL(nn.Module):
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[1] < 1 or x.shape[2] != self.in_features:
-            raise ValueError(f"TransMIL expects a bag (B, N >= 1, {self.in_features}), got shape {tuple(x.shape)}.")
+            raise ValueError(f"TransMIL expects a bag (B, N >= 1, {self.in_features}), got shape {list(x.shape)}.")
         return x.to(self.fc1[0].weight.dtype)  # features may be stored as float16 / float64
 
     def _encode(self, x: torch.Tensor, return_attention: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         n = x.shape[1]
         h = pad_to_square(self.fc1(self._check(x)))
-        side = math.isqrt(h.shape[1])
+        side = _ceil_sqrt(h.shape[1])  # a square by now
         h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1)
         h = self.layer1(h)
         h = self.pos_layer(h, side, side)
-        attention = None
+        attention: torch.Tensor | None = None
         if return_attention:
             h, row = self.layer2.forward_with_cls_attention(h)
             # drop the class token, fold the square-padding copies back onto the instances they repeat
@@ -269,8 +281,8 @@ class TransMIL(nn.Module):
         """
         feats, attention = self._encode(x, return_attention)
         logits = self.fc2(feats)
-        if return_attention:
-            return logits, attention  # type: ignore[return-value]
+        if attention is not None:  # i.e. return_attention (a check TorchScript can refine the type by)
+            return logits, attention
         return logits
 
 

@@ -6,6 +6,7 @@ One-hot encoding is MONAI's own: `monai.transforms.AsDiscrete(to_onehot=4)` / `A
 from __future__ import annotations
 
 from .array import AssignGrades, BinaryLabelMasks, LoadPILImage, RelabelByFrequency, SnapMaskToLabels, source_name
+from .bags import LoadBag, LoadBagD, LoadBagd, LoadBagDict
 from .dictionary import (
     AssignGradesD,
     AssignGradesd,
@@ -50,6 +51,10 @@ __all__ = [
     "CheckSameSpatialShapeD",
     "CheckSameSpatialShapeDict",
     "CheckSameSpatialShaped",
+    "LoadBag",
+    "LoadBagD",
+    "LoadBagDict",
+    "LoadBagd",
     "LoadPILImage",
     "LoadPILImageD",
     "LoadPILImageDict",

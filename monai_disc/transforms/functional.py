@@ -1,4 +1,4 @@
-"""Plain functions behind the mask transforms, shared with `monai_disc.sampling` and `monai_disc.inferers`.
+"""Plain functions behind the mask transforms, shared with `monai_disc.masks` and `monai_disc.inferers`.
 
 They work on numpy arrays and torch tensors alike (same type out as in) and carry no MONAI metadata;
 the transforms in :mod:`monai_disc.transforms.array` wrap them for MONAI pipelines.

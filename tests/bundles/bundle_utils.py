@@ -3,7 +3,9 @@ configs initialised in-process as `monai.bundle run` would (in a one-process gro
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,13 +20,18 @@ from monai.bundle import ConfigWorkflow
 
 __all__ = [
     "BUNDLES",
+    "BUNDLE_NAMES",
     "METADATA_FIELDS",
+    "README_SECTIONS",
     "REPO",
     "TENSOR_FIELDS",
     "bundle_run",
+    "bundle_tool",
     "check_workflow",
     "missing_metadata",
+    "readme_sections",
     "single_rank_world",
+    "zoo_metadata_problems",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +53,21 @@ METADATA_FIELDS = (
     "network_data_format",
 )
 TENSOR_FIELDS = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range")
+BUNDLE_NAMES = ("carcinonet", "gleason_ldm", "gleason_ldm_disc", "transmil")
+# The model zoo's README order (e.g. spleen_ct_segmentation): these level-2 headings, in this order.
+README_SECTIONS = (
+    "Model Overview",
+    "Data",
+    "Training configuration",
+    "Input and output formats",
+    "Performance",
+    "MONAI Bundle Commands",
+    "TorchScript",
+    "Limitations",
+    "References",
+    "License",
+)
+_VERSION = re.compile(r"^\d+(\.\d+){1,2}$")
 
 
 def missing_metadata(meta: dict) -> list[str]:
@@ -60,6 +82,49 @@ def missing_metadata(meta: dict) -> list[str]:
         for name, spec in fmt.get(side, {}).items():
             missing += [f"network_data_format.{side}.{name}.{f}" for f in TENSOR_FIELDS if f not in spec]
     return missing
+
+
+def zoo_metadata_problems(meta: dict) -> list[str]:
+    """What the model zoo's CI would reject in a metadata.json: malformed versions, or packages it cannot install.
+
+    The zoo's CI pip-installs `required_packages_version` from the package index, so every entry must be a real
+    distribution with a plain version (installed here), and `monai_disc`, which is not on the index, must not be
+    listed (the README says `pip install .` of this repository). `optional_packages_version` is not used either:
+    MONAI 1.6 reads it as a deprecated alias and replaces `required_packages_version` with it on load.
+    """
+    problems = missing_metadata(meta)
+    for field in ("version", "monai_version", "pytorch_version", "numpy_version"):
+        if not _VERSION.match(str(meta.get(field, ""))):
+            problems.append(f"{field} is not a version: {meta.get(field)!r}")
+    if "optional_packages_version" in meta:
+        problems.append("optional_packages_version (MONAI renames it to required_packages_version on load)")
+    for name, version in meta.get("required_packages_version", {}).items():
+        if name == "monai_disc":
+            problems.append("monai_disc in required_packages_version (not on the package index)")
+            continue
+        if not _VERSION.match(str(version)):
+            problems.append(f"required package {name}: version {version!r} is not a plain version")
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            problems.append(f"required package {name} is not a distribution installed here")
+    inputs = list(meta.get("network_data_format", {}).get("inputs", {}))
+    if inputs[:1] != ["image"]:
+        problems.append(f"the first input is {inputs[:1]}, not 'image' (MONAI Label and verify_net_in_out read it)")
+    return problems
+
+
+def readme_sections(path: Path) -> list[str]:
+    """The level-2 headings of a bundle README, in order."""
+    return [line[3:].strip() for line in path.read_text().splitlines() if line.startswith("## ")]
+
+
+def bundle_tool(bundle: str, tool: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run one of MONAI's bundle tools (`python -m monai.bundle <tool> ...`) in the bundle folder, as the model
+    zoo's CI does; returns the finished process (its return code is the caller's to judge)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "monai.bundle", tool, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=BUNDLES / bundle)
 
 
 def bundle_run(bundle: str, configs: list[str], *args: str, torchrun: int = 0, timeout: int = 600) -> str:

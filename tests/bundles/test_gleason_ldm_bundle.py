@@ -42,7 +42,7 @@ def test_config_workflows_have_required_properties(configs, workflow_type, toy_r
         dataset_dir = tmp_path
         Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "mask.png")
     files = [str(CONFIGS / c) for c in configs]
-    override = {"dataset_dir": str(dataset_dir), "output_dir": str(tmp_path / "out")}
+    override = {"dataset_dir": str(dataset_dir), "output_dir": str(tmp_path / "out"), "bundle_root": str(ROOT)}
     if "multi_gpu_train.yaml" in configs:
         with single_rank_world(monkeypatch):
             check_workflow(files, workflow_type, CONFIGS / "metadata.json", **override)

@@ -93,6 +93,7 @@ def test_config_workflows_have_required_properties(config, workflow_type, distil
         workflow_type=workflow_type,
         dataset_dir=str(dataset_dir),
         output_dir=str(tmp_path / "out"),
+        bundle_root=str(ROOT),
         sd_model_dir=str(distilled["out"] / "sd"),
         **paths,
     )
@@ -106,13 +107,14 @@ def test_config_workflows_have_required_properties(config, workflow_type, distil
 @pytest.mark.parametrize(
     "generator, weights, separated",
     [("sd", "sd/model.pt", False), ("sc", "sd/model.pt", True), ("disc", "models/model_disc.pt", False),
-     ("cotrain", "models/model_cotrain.pt", False)],
+     ("cotrain", "models/model.pt", False)],
 )  # fmt: skip
 def test_inference_generator_switch_picks_weights_and_sampler(generator, weights, separated, tmp_path):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.yaml"))
     parser.update({"generator": generator, "sd_model_dir": str(tmp_path / "sd"), "model_dir": str(tmp_path / "models")})
-    assert parser.get_parsed_content("network_path") == str(tmp_path / weights)
+    parser["autoencoder_path"] = str(ROOT / "models" / "autoencoder.pt")  # loaded when the inferer is parsed
+    assert parser.get_parsed_content("ckpt_path") == str(tmp_path / weights)
     sampler = parser.get_parsed_content("inferer").sampler
     assert isinstance(sampler, SeparatedConditionInferer) is separated
     assert parser.get_parsed_content("output_dir").endswith(f"/eval/{generator}")
@@ -204,7 +206,8 @@ def test_inference_with_separated_conditions_matches_the_library_sampler(distill
         labels.append(m)
     out = tmp_path / "tiles"
     bundle_run(BUNDLE, ["inference.yaml"], "--dataset_dir", str(masks), "--output_dir", str(out),
-               "--sd_model_dir", str(distilled["out"] / "sd"), "--generator", "sc", "--num_inference_steps", "2")  # fmt: skip
+               "--sd_model_dir", str(distilled["out"] / "sd"), "--generator", "sc", "--num_inference_steps", "2",
+               "--autoencoder_path", str(distilled["out"] / "sd" / "autoencoder.pt"))  # fmt: skip
     assert sorted(p.name for p in out.glob("*_tile.png")) == ["mask0_tile.png", "mask1_tile.png"]
     tiles = np.stack([np.asarray(Image.open(out / f"mask{i}_tile.png")) for i in range(2)]).astype(int)
 

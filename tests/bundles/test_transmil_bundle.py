@@ -15,11 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-import monai
 import numpy as np
 import pytest
 import torch
-from bundle_utils import BUNDLES, bundle_run, check_workflow, missing_metadata, single_rank_world
+from bundle_utils import BUNDLES, bundle_run, check_workflow, missing_metadata, single_rank_world, zoo_metadata_problems
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
@@ -115,13 +114,11 @@ _check = partial(check_workflow, meta_file=META)
 
 def test_metadata_has_every_mandatory_field_and_describes_feature_bags_and_logits():
     meta = json.loads(META.read_text())
-    assert missing_metadata(meta) == []
-    assert "optional_packages_version" not in meta and "nystrom-attention" in meta["required_packages_version"]
-    assert meta["monai_version"] == monai.__version__
-    assert meta["pytorch_version"] == torch.__version__.split("+")[0]
-    assert meta["numpy_version"] == np.__version__
-    features, pred = meta["network_data_format"]["inputs"]["features"], meta["network_data_format"]["outputs"]["pred"]
-    assert (features["num_channels"], features["spatial_shape"], features["dtype"]) == (256, ["*"], "float32")
+    assert missing_metadata(meta) == [] and zoo_metadata_problems(meta) == []
+    assert "nystrom-attention" not in meta["required_packages_version"]  # the project's own attention now
+    # a bag (1, N, 256) as MONAI's tools build it: (1, num_channels, *spatial_shape), N = num_channels
+    bag, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
+    assert (bag["spatial_shape"], bag["dtype"]) == ([256], "float32") and bag["num_channels"] >= 1
     assert (pred["num_channels"], pred["format"]) == (4, "classes")
     assert [pred["channel_def"][str(i)] for i in range(4)] == list(LABEL_NAMES)
 
@@ -129,7 +126,7 @@ def test_metadata_has_every_mandatory_field_and_describes_feature_bags_and_logit
 def test_network_def_maps_bags_of_any_length_to_four_logits():
     wf = ConfigWorkflow(config_file=str(TRAIN), meta_file=str(META), logging_file=False, workflow_type="train")
     net = wf.parser.get_parsed_content("network_def").eval()
-    assert net.in_features == json.loads(META.read_text())["network_data_format"]["inputs"]["features"]["num_channels"]
+    assert net.in_features == json.loads(META.read_text())["network_data_format"]["inputs"]["image"]["spatial_shape"][0]
     with torch.no_grad():
         for n in (1, 37):
             assert net(torch.randn(1, n, 256)).shape == (1, 4)

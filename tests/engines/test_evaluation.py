@@ -69,10 +69,11 @@ def test_labelled_tiles_put_the_mask_under_label_for_both_layouts(toy_root, tmp_
 
 def test_labelled_tiles_reject_unknown_format_and_folders_without_masks(tmp_path):
     root = _folder(tmp_path / "nomask", ["a"], masks=False)
-    with pytest.raises(ValueError, match="no masks/"):
-        labelled_tiles(root, "folder")
+    for data_format in ("folder", "panda"):  # panda: the folder layout with radboud masks
+        with pytest.raises(ValueError, match="no masks/"):
+            labelled_tiles(root, data_format)
     with pytest.raises(ValueError, match="data_format"):
-        labelled_tiles(root, "panda")
+        labelled_tiles(root, "camelyon")
     with pytest.raises(ValueError, match="data_format"):
         labelled_tile_transforms("jpeg")
 
