@@ -108,7 +108,11 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from monai_disc import __version__
+
     parser = argparse.ArgumentParser(prog="monai-disc", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"monai-disc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("toy-data", help="write the procedural toy set in the SICAPv2 layout")
@@ -184,14 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a failure prints one line per bad file (no traceback unless ``--debug``) and returns 2."""
+    from monai_disc.errors import failure_lines
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        # MONAI re-raises transform errors as "applying transform ..."; the innermost cause names the file
-        while e.__cause__ is not None:
-            e = e.__cause__
-        print(f"monai-disc {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:  # every failure is reported the same way; --debug shows where it came from
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        for line in failure_lines(e):
+            print(f"monai-disc {args.command}: error: {line}", file=sys.stderr)
         return 2
     return 0
 

@@ -13,6 +13,7 @@ import torch
 from monai_disc.generate_slides import LDMGenerator
 from monai_disc.inferers import MaskLDMSampler, SeparatedConditionInferer
 from monai_disc.networks import mask_ldm_toy, vq_f4_toy
+from monai_disc.networks.weights import load_weights
 
 __all__ = ["GENERATORS", "load_weights", "load_generator"]
 
@@ -23,15 +24,6 @@ GENERATORS: dict[str, tuple[str, str, bool]] = {
     "disc": ("SD-DISC", "gleason_ldm_disc/models/model_disc.pt", False),
     "cotrain": ("SD-DISC-CoTrain", "gleason_ldm_disc/models/model_cotrain.pt", False),
 }
-
-
-def load_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
-    """Load a state dict (weights_only) into `network`, in eval mode; the error names a missing file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights {path} not found: train them with the bundle (see its docs/README.md)")
-    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return network.eval()
 
 
 def load_generator(

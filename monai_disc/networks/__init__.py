@@ -22,6 +22,7 @@ from .denoiser import MaskConditionedUNet, mask_ldm_toy, mask_ldm_vq_f4
 from .features import FeatureBagDataset, FeatureExtractor, build_extractor, extract_bag_features
 from .mask_encoder import MaskEncoder
 from .transmil import PPEG, TransLayer, TransMIL, pad_to_square, transmil_toy
+from .weights import WeightsError, load_weights, read_state_dict
 
 __all__ = [
     "FeatureBagDataset",
@@ -49,4 +50,7 @@ __all__ = [
     "load_compvis_vq_f4",
     "vq_f4",
     "vq_f4_toy",
+    "WeightsError",
+    "load_weights",
+    "read_state_dict",
 ]

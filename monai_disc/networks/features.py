@@ -51,13 +51,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from monai_disc.io import atomic_torch_save, atomic_write_text
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES
-from monai_disc.networks.carcinonet import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    _strip_common_prefixes,
-    carcinonet_toy,
-    load_encoder_weights,
-)
+from monai_disc.networks.carcinonet import _KEY_PREFIXES, IMAGENET_MEAN, IMAGENET_STD, carcinonet_toy, load_encoder_weights
+from monai_disc.networks.weights import load_weights, read_state_dict
 
 __all__ = [
     "DEFAULT_CARCINONET_WEIGHTS",
@@ -83,8 +78,6 @@ DEFAULT_CARCINONET_WEIGHTS = Path(__file__).resolve().parents[2] / "bundles" / "
 FEATURE_MANIFEST = "manifest.csv"
 _EXTRACTOR_INFO = "extractor.json"
 _CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.")
-_NESTED_KEYS = ("state_dict", "model", "network", "teacher")
-_MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -197,57 +190,14 @@ class _PooledEncoder(nn.Module):
         return self.encoder(x)[-1].mean(dim=(-2, -1))
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A local weight file as a flat state dict: nested entries unwrapped, wrapper prefixes stripped."""
-    if not path.is_file():
-        raise FileNotFoundError(f"extractor weight file not found: {path}")
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for files that are not checkpoints
-        raise ValueError(f"{path}: cannot be read as a torch state dict ({type(err).__name__}: {err}).") from err
-    for nested in _NESTED_KEYS:
-        if isinstance(obj, Mapping) and isinstance(obj.get(nested), Mapping):
-            obj = obj[nested]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}.")
-    return _strip_common_prefixes(dict(obj))
-
-
-def _listed(items: list[str]) -> str:
-    more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-    return f"{items[:_MAX_LISTED]}{more}"
-
-
 def _load_strict(module: nn.Module, path: Path, what: str) -> None:
     """Load a weight file into ``module``, ignoring classifier keys it lacks; errors name the file."""
-    own = module.state_dict()
-    state = {k: v for k, v in _read_state_dict(path).items() if k in own or not k.startswith(_CLASSIFIER_PREFIXES)}
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = [
-            f"{len(items)} {label}: {_listed(items)}"
-            for label, items in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches", mismatched),
-            )
-            if items
-        ]
-        raise ValueError(f"{path}: does not fit {what}; " + "; ".join(parts) + ".")
-    for k, v in own.items():  # BN batch counters absent from old files carry no learnt information
-        state.setdefault(k, v)
-    module.load_state_dict(state, strict=True)
+    load_weights(module, path, ignore=_CLASSIFIER_PREFIXES, strip_prefixes=_KEY_PREFIXES, what=what)
 
 
 def _carcinonet_extractor(weights: Path, input_size: int | None) -> FeatureExtractor:
     net = carcinonet_toy()
-    state = _read_state_dict(weights)
+    state = read_state_dict(weights, strip_prefixes=_KEY_PREFIXES)
     if any(k.startswith(("bridge.", "decoder.", "head.")) for k in state):
         _load_strict(net, weights, "the toy CarcinoNet (carcinonet_toy)")
     else:  # an encoder-only file (ResNet names)
