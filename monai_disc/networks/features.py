@@ -51,7 +51,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from monai_disc.io import atomic_torch_save, atomic_write_text
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES
-from monai_disc.networks.carcinonet import _KEY_PREFIXES, IMAGENET_MEAN, IMAGENET_STD, carcinonet_toy, load_encoder_weights
+from monai_disc.networks.carcinonet import (
+    _KEY_PREFIXES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    carcinonet_toy,
+    load_encoder_weights,
+)
 from monai_disc.networks.weights import load_weights, read_state_dict
 
 __all__ = [

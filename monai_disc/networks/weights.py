@@ -95,7 +95,9 @@ def weights_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
     ]
     parts = [
         f"{len(items)} {label}{'' if len(items) == 1 else plural}: {_listed(items)}"
