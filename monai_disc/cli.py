@@ -18,7 +18,9 @@ def _toy_data(args: argparse.Namespace) -> None:
     from monai_disc.data.toy import make_toy_sicapv2, save_contact_sheet
 
     start = time.perf_counter()
-    root = make_toy_sicapv2(args.out, n_slides=args.slides, tile_size=args.tile_size, seed=args.seed)
+    root = make_toy_sicapv2(
+        args.out, n_slides=args.slides, tile_size=args.tile_size, seed=args.seed, overwrite=args.overwrite
+    )
     print(f"toy SICAPv2 set at {root} ({time.perf_counter() - start:.1f} s)")
     if args.preview:
         sheet = save_contact_sheet(root, Path(root) / "preview.png")
@@ -29,31 +31,24 @@ def _toy_data(args: argparse.Namespace) -> None:
 def _summary(args: argparse.Namespace) -> None:
     from monai_disc.data.sicapv2 import format_summary, summarize_sicapv2
 
-    print(format_summary(summarize_sicapv2(args.root)))
+    summary = summarize_sicapv2(args.root)
+    if not summary["sheets"] and summary["slides"] is None:
+        raise FileNotFoundError(
+            f"{args.root} holds no SICAPv2 data: no partition sheets (partition/Test/Train.xlsx, ...) and no "
+            "wsi_labels.xlsx"
+        )
+    print(format_summary(summary))
 
 
 def _generate_slides(args: argparse.Namespace) -> None:
-    from monai_disc.data import load_sicapv2
-    from monai_disc.generate_slides import generate_slides
-    from monai_disc.generators import load_generator
-    from monai_disc.sampling import ShapeBank, load_plans, plan_synthetic_slides, save_plans
+    from monai_disc.generate_slides import run_generate_slides
 
-    out = Path(args.out)
-    bank_path, plans_path = out / "shape_bank.npz", out / "plans.json"
-    # one bank and one plan for every generator: the paper's fair comparison
-    if bank_path.is_file():
-        bank = ShapeBank.load(bank_path)
-    else:
-        bank = ShapeBank.from_data_list(load_sicapv2(args.data, "Test", "Train"), size=args.tile_size)
-        bank.save(bank_path)
-    if plans_path.is_file():
-        plans = load_plans(plans_path)
-    else:
-        plans = plan_synthetic_slides(args.data, bank, target=args.target, seed=args.seed, n_tiles=args.tiles)
-        save_plans(plans, plans_path, bank)
+    plans, manifest = run_generate_slides(
+        args.data, args.out, args.generator, args.bundles, target=args.target, tiles=args.tiles,
+        tile_size=args.tile_size, num_inference_steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )  # fmt: skip
     print(f"{len(plans)} synthetic slides planned to bring every primary grade to {args.target} slides")
-    generator = load_generator(args.generator, args.bundles, steps=args.steps)
-    manifest = generate_slides(plans, out / args.generator, generator, bank, batch_size=args.batch_size)
     print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish writes the manifest")
 
 
@@ -76,7 +71,7 @@ def _extract_features(args: argparse.Namespace) -> None:
     else:
         bags = load_sicapv2_bags(args.data, args.partition, args.split)
     extractor = build_extractor(args.extractor, weights=args.weights)
-    written = extract_bag_features(bags, extractor, args.out, batch_size=args.batch_size)
+    written = extract_bag_features(bags, extractor, args.out, batch_size=args.batch_size, overwrite=args.overwrite)
     print(f"features of {len(written)} slides in {args.out}")
 
 
@@ -121,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=128, help="tile size in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview", action="store_true", help="also write preview.png, tiles beside their masks")
+    p.add_argument("--overwrite", action="store_true", help="replace a toy set written with other settings")
     p.set_defaults(func=_toy_data)
 
     p = sub.add_parser("summary", help="print tiles per grade and slides per primary grade of a SICAPv2 root")
@@ -138,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps per tile")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="start over in a folder written with other settings")
     p.set_defaults(func=_generate_slides)
 
     p = sub.add_parser("compare-generators", help="SD, SD-SC, SD-DISC, SD-DISC-CoTrain on the same masks and seeds")
@@ -162,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", default="carcinonet_toy", help="vit_small_dino, resnet50_mocov2, ... or a timm name")
     p.add_argument("--weights", default=None, help="local weight file of the extractor")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--overwrite", action="store_true", help="start over in a cache written with other settings")
     p.set_defaults(func=_extract_features)
 
     p = sub.add_parser("lambda-sweep", help="TransMIL slide AUROC against lambda per generator, over seeds")

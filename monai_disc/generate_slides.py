@@ -125,6 +125,26 @@ class LDMGenerator:
         self.denoiser = denoiser.eval()
         self.name = str(name)
 
+    @property
+    def size_multiple(self) -> int:
+        """Tile sides must be a positive multiple of this: the autoencoder's factor times the denoiser's."""
+        factor = int(getattr(self.autoencoder, "downsample_factor", 1))
+        levels = len(getattr(getattr(self.denoiser, "unet", None), "block_out_channels", ()) or (1,))
+        return factor * 2 ** (levels - 1)
+
+    def check_size(self, size: int) -> None:
+        """Refuse a tile size the networks cannot draw, naming the minimum.
+
+        Raises:
+            ValueError: ``size`` is not a positive multiple of :attr:`size_multiple`.
+        """
+        step = self.size_multiple
+        if int(size) < step or int(size) % step:
+            raise ValueError(
+                f"tile size {size} px: generator {self.name} draws tiles whose side is a multiple of {step} px "
+                f"(at least {step} px)"
+            )
+
     @torch.no_grad()
     def sample(self, masks: Tensor, seeds: Sequence[int]) -> Tensor:
         """Tiles (B, 3, H, W) in [-1, 1] on the CPU, for label maps (B, H, W) and one seed per mask."""
@@ -377,3 +397,94 @@ def generate_slides(
         logger.info("manifest not written yet: %d slides of other ranks missing (e.g. %s)", len(missing), missing[0])
         return None
     return atomic_write_text(manifest, _manifest_text(plans, name))
+
+
+def run_generate_slides(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    generator: str = "sd",
+    bundles: str | os.PathLike | None = None,
+    target: int = 100,
+    tiles: Sequence[int] = (20, 100),
+    tile_size: int = 64,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    batch_size: int = 16,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[list[SlidePlan], Path | None]:
+    """The `generate-slides` job: one shape bank and plan in `out`, one slide folder per generator under it.
+
+    Sizes are checked before anything is written. `out` records the bank and plan settings and `out/<generator>`
+    the generator's (:func:`monai_disc.io.job_settings`): a rerun with the same settings resumes, one with other
+    settings stops naming them, and `overwrite` starts over (the bank and plan only when their settings changed).
+
+    Args:
+        data: SICAPv2 root whose training masks make the bank and whose slides are balanced.
+        out: output folder.
+        generator: a name of :data:`monai_disc.generators.GENERATORS`.
+        bundles: folder holding the bundles' weights; None: the repository's.
+        target: slides per primary grade, real plus synthetic (at least 1).
+        tiles: (min, max) tiles per slide.
+        tile_size: side of the tiles drawn.
+        num_inference_steps: DDIM steps per tile.
+        guidance_scale: classifier-free guidance weight.
+        batch_size: tiles per generator call.
+        seed: plan seed.
+        overwrite: start over instead of stopping at other settings.
+        progress: show a progress bar.
+
+    Returns:
+        (plans, manifest path or None when other ranks still have slides to draw).
+
+    Raises:
+        ValueError: a target under 1, a tile size the generator cannot draw, nothing to generate, or outputs of
+            other settings in `out`.
+        monai_disc.errors.FailedFilesError: bad mask files (all of them listed).
+    """
+    from monai_disc.data import load_sicapv2
+    from monai_disc.generators import GENERATORS, load_generator
+    from monai_disc.io import SETTINGS_NAME, compare_settings, file_digest, job_settings
+    from monai_disc.sampling import ShapeBank, load_plans, plan_synthetic_slides, save_plans
+
+    if int(target) < 1:
+        raise ValueError(f"target must be at least 1 slide per primary grade, got {target}")
+    bundles = Path(bundles) if bundles is not None else Path(__file__).resolve().parents[1] / "bundles"
+    tile_generator = load_generator(generator, bundles, steps=num_inference_steps, guidance_scale=guidance_scale)
+    tile_generator.check_size(tile_size)  # before any file is written
+    out = Path(out)
+    shared = {
+        "data": str(Path(data).resolve()),
+        "target": int(target),
+        "tiles": [int(t) for t in tiles],
+        "tile_size": int(tile_size),
+        "seed": int(seed),
+    }
+    changed = bool(compare_settings(out / SETTINGS_NAME, shared))
+    job_settings(out, shared, overwrite=overwrite and changed)
+    bank_path, plans_path = out / "shape_bank.npz", out / "plans.json"
+    # one bank and one plan for every generator: the paper's fair comparison
+    if bank_path.is_file():
+        bank = ShapeBank.load(bank_path)
+    else:
+        bank = ShapeBank.from_data_list(load_sicapv2(data, "Test", "Train"), size=tile_size)
+        bank.save(bank_path)
+    if plans_path.is_file():
+        plans = load_plans(plans_path)
+    else:
+        plans = plan_synthetic_slides(data, bank, target=target, seed=seed, n_tiles=tuple(tiles))
+        save_plans(plans, plans_path, bank)
+    if not plans:
+        raise ValueError(f"nothing to generate: every primary grade of {data} already has {target} or more slides")
+    weights = GENERATORS[generator][1]
+    own = {
+        "generator": generator,
+        "num_inference_steps": int(num_inference_steps),
+        "guidance_scale": float(guidance_scale),
+        "weights": file_digest(bundles / weights),
+        "autoencoder": file_digest(bundles / "gleason_ldm" / "models" / "autoencoder.pt"),
+    }
+    job_settings(out / generator, own, overwrite=overwrite)
+    manifest = generate_slides(plans, out / generator, tile_generator, bank, batch_size=batch_size, progress=progress)
+    return plans, manifest

@@ -36,6 +36,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "compare_settings",
+    "file_digest",
     "job_settings",
     "remove_orphan_temps",
     "settings_error",
@@ -158,6 +159,17 @@ def remove_orphan_temps(folder: str | os.PathLike) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def file_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """The first ``length`` hex digits of a file's SHA-256: records which weights made a job's outputs."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
 
 
 class SettingsMismatchError(ValueError):

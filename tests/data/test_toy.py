@@ -210,7 +210,10 @@ def test_real_data_folder_is_never_replaced_but_an_older_toy_build_is(tmp_path):
 
     root = make_toy_sicapv2(tmp_path / "toy", seed=0, **tiny)
     first = sorted(p.name for p in (root / "images").iterdir())
-    make_toy_sicapv2(root, seed=1, **tiny)
+    with pytest.raises(ValueError, match=r"toy holds outputs made with other settings \(seed: 0 -> 1\)"):
+        make_toy_sicapv2(root, seed=1, **tiny)
+    assert sorted(p.name for p in (root / "images").iterdir()) == first  # nothing touched
+    make_toy_sicapv2(root, seed=1, overwrite=True, **tiny)
     assert is_complete(root, seed=1) and not is_complete(root, seed=0)
     second = sorted(p.name for p in (root / "images").iterdir())
     assert not set(first) & set(second)  # the old build's tiles are gone
