@@ -128,9 +128,9 @@ class LDMGenerator:
     @property
     def size_multiple(self) -> int:
         """Tile sides must be a positive multiple of this: the autoencoder's factor times the denoiser's."""
-        factor = int(getattr(self.autoencoder, "downsample_factor", 1))
-        levels = len(getattr(getattr(self.denoiser, "unet", None), "block_out_channels", ()) or (1,))
-        return factor * 2 ** (levels - 1)
+        from monai_disc.engines.generation import tile_size_multiple
+
+        return tile_size_multiple(self.autoencoder, self.denoiser)
 
     def check_size(self, size: int) -> None:
         """Refuse a tile size the networks cannot draw, naming the minimum.

@@ -25,7 +25,7 @@ def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """
     a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if a.dtype != np.uint8:
-        if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        if a.ndim == 3 and a.shape[0] in (1, 3):  # float pictures are package tiles: channels first
             a = np.moveaxis(a, 0, -1)
         a = np.clip(np.rint((a.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
     if a.ndim == 2:

@@ -21,7 +21,7 @@ from torch import nn
 
 from monai_disc.visualize import overlay, save_picture, to_uint8
 
-__all__ = ["pending_masks", "mask_seed", "MaskBatch", "MaskLDMInferer", "SaveTilesHandler"]
+__all__ = ["pending_masks", "mask_seed", "tile_size_multiple", "MaskBatch", "MaskLDMInferer", "SaveTilesHandler"]
 
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TILE_SUFFIX = "_tile.png"
@@ -43,6 +43,14 @@ def pending_masks(input_dir: str | Path, output_dir: str | Path, key: str = "mas
         raise ValueError(f"mask folder {folder} holds no mask file ({', '.join(MASK_SUFFIXES)})")
     done = {p.name for p in Path(output_dir).glob(f"*{TILE_SUFFIX}")} if Path(output_dir).is_dir() else set()
     return [{key: str(p)} for p in masks if f"{p.stem}{TILE_SUFFIX}" not in done]
+
+
+def tile_size_multiple(autoencoder: nn.Module, denoiser: nn.Module) -> int:
+    """Masks (and tiles) must have sides that are a positive multiple of this: the autoencoder's downsampling
+    factor times the denoiser U-Net's (2 per level below the first)."""
+    factor = int(getattr(autoencoder, "downsample_factor", 1))
+    levels = len(getattr(getattr(denoiser, "unet", None), "block_out_channels", ()) or (1,))
+    return factor * 2 ** (levels - 1)
 
 
 def mask_seed(path: str | os.PathLike, seed: int = 0) -> int:

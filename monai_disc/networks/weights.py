@@ -10,6 +10,7 @@ pass ``weights_only=False``, or a dump of every missing key) names no file and s
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,15 @@ def _listed(items: Sequence[str]) -> str:
     return f"{list(items[:_MAX_LISTED])}{more}"
 
 
-def _torch_reason(err: BaseException) -> str:
+def _torch_reason(path: Path, err: BaseException) -> str:
     """torch's complaint in a few words, without its advice to load unsafely."""
     text = str(err)
+    if not zipfile.is_zipfile(path) and ("Weights only load failed" in text or "load key" in text):
+        return "not a PyTorch weight file (neither a torch.save archive nor a tensor pickle)"
     if "Weights only load failed" in text:
-        return "it holds Python objects besides tensors (save its state_dict() instead)"
+        return "it holds Python objects besides tensors, which are not loaded (save its state_dict() instead)"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
-    return f"{type(err).__name__}: {first}"
+    return f"not a PyTorch weight file ({type(err).__name__}: {first})"
 
 
 def read_state_dict(
@@ -69,7 +72,7 @@ def read_state_dict(
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for files that are not checkpoints
-        raise WeightsError(f"cannot load {path}: not a PyTorch weight file ({_torch_reason(err)})") from None
+        raise WeightsError(f"cannot load {path}: {_torch_reason(path, err)}") from None
     for key in nested_keys:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
