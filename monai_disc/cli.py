@@ -99,7 +99,10 @@ def _lambda_sweep(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from monai_disc.demo import run_demo
 
-    run_demo(Path(args.out), bundles=Path(args.bundles), seed=args.seed, steps=args.steps, n_slides=args.slides)
+    run_demo(
+        Path(args.out), bundles=Path(args.bundles), seed=args.seed, steps=args.steps, n_slides=args.slides,
+        overwrite=args.overwrite,
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=50, help="DDIM steps per tile")
     p.add_argument("--slides", type=int, default=40, help="slides of the toy set")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of a demo run with other settings")
     p.set_defaults(func=_demo)
     return parser
 

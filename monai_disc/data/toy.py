@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from monai_disc.io import atomic_path, atomic_write_bytes, compare_settings, remove_orphan_temps, settings_error
@@ -1473,16 +1473,19 @@ def save_contact_sheet(
     rows = {k: v for k, v in rows.items() if v}
 
     tile = max(im.shape[0] for v in rows.values() for im, _, _ in v) * zoom
-    gap, label_w, head = 4, 64, 18
+    gap = 4
+    size = int(min(48, max(14, tile // 6)))  # text readable at the sheet's size (a sheet is ~3000 px wide)
+    font = ImageFont.load_default(size=size)
+    label_w, head = int(font.getlength("mixed")) + 2 * size, int(1.8 * size)
     cell_w = 2 * tile + gap
     width = label_w + n * (cell_w + 3 * gap)
-    height = head + len(rows) * (tile + 2 * gap) + 30
+    height = head + len(rows) * (tile + 2 * gap) + 2 * size
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    draw.text((label_w, 3), "tile | mask  (grey NC, green GG3, orange GG4, red GG5)", fill=(0, 0, 0))
+    draw.text((label_w, size // 4), "tile | its mask, one row per pattern (colours below)", fill=(0, 0, 0), font=font)
     y = head
     for key, entries in rows.items():
-        draw.text((6, y + tile // 2 - 6), key, fill=(0, 0, 0))
+        draw.text((size // 2, y + tile // 2 - size // 2), key, fill=(0, 0, 0), font=font)
         x = label_w
         for image, mask, _ in entries:
             im = Image.fromarray(image).resize((image.shape[1] * zoom, image.shape[0] * zoom), Image.NEAREST)
@@ -1494,9 +1497,9 @@ def save_contact_sheet(
     x = label_w
     for k, name in enumerate(LABEL_NAMES):
         colour = tuple(int(c) for c in colorize(np.array([[k]]))[0, 0])
-        draw.rectangle([x, y + 6, x + 14, y + 20], fill=colour, outline=(0, 0, 0))
-        draw.text((x + 20, y + 7), name, fill=(0, 0, 0))
-        x += 80
+        draw.rectangle([x, y + size // 4, x + size, y + size + size // 4], fill=colour, outline=(0, 0, 0))
+        draw.text((x + int(1.4 * size), y + size // 8), name, fill=(0, 0, 0), font=font)
+        x += int(font.getlength(name)) + 3 * size
     path = Path(path)
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
