@@ -276,3 +276,58 @@ def test_contact_sheet_shows_every_pattern(small, tmp_path):
     assert sheet.height >= 2 * 64
     with pytest.raises(FileNotFoundError, match="images"):
         save_contact_sheet(tmp_path / "nothing", tmp_path / "x.png")
+
+
+_BUILD = """
+import sys
+from monai_disc.data.toy import make_toy_sicapv2
+make_toy_sicapv2(sys.argv[1], n_slides=40, tile_size=128, n_wsi=2, num_workers=2)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_drawing_workers_end_when_the_build_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    build = subprocess.Popen([sys.executable, "-c", _BUILD, str(tmp_path / "toy")])
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and len(workers) < 2:  # the pool's workers (and its resource tracker)
+            workers = _children(build.pid)
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the build never started its workers"
+        time.sleep(2.0)  # workers are drawing
+        build.send_signal(signal.SIGKILL)
+        build.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in workers if Path(f"/proc/{p}").exists() and _state(p) != "Z"]
+            time.sleep(0.2)
+        assert not alive, f"workers {alive} outlived the killed build"
+    finally:
+        build.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
