@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .autoencoder import ScaleFactorHandler, VQAutoencoderTrainer, loss_terms
+from .bundle import FolderScan, bundle_settings, exit_on_failures, load_weights_or_exit, scan_images
 from .checkpoint import ResumableCheckpoint, latest_checkpoint
 from .disc import DISCPrepareBatch, random_masks
 from .distill import DistillationSet, distill_seed, write_distillation_set
@@ -20,6 +21,11 @@ from .segmentation import SegmentationLoss, carcinonet_train_transforms
 from .time_limit import TimeLimitHandler
 
 __all__ = [
+    "FolderScan",
+    "bundle_settings",
+    "exit_on_failures",
+    "load_weights_or_exit",
+    "scan_images",
     "evaluate_transmil",
     "train_transmil",
     "DISCPrepareBatch",
