@@ -39,16 +39,24 @@ def test_torch_and_numpy_agree():
 
 
 def test_value_5_in_a_0_to_3_png_mask_is_an_error_naming_file_value_and_count():
-    mask = np.zeros((8, 8)); mask[:2, :3] = 5; mask[7, 7] = 3  # fmt: skip
+    mask = np.zeros((8, 8))
+    mask[:2, :3] = 5
+    mask[7, 7] = 3
     snap = SnapMaskToLabels(values=(0, 1, 2, 3), labels=(0, 1, 2, 3))
-    with pytest.raises(ValueError, match=r"^/d/m\.png: mask value 5 \(6 px\) of 64 px map to no Gleason label; valid values are 0, 1, 2, 3$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^/d/m\.png: mask value 5 \(6 px\) of 64 px map to no Gleason label; valid values are 0, 1, 2, 3$",
+    ):
         snap(_named(mask, "/d/m.png"))
 
 
 def test_a_region_of_7_in_a_sicapv2_jpeg_mask_is_an_error_but_rare_overshoot_is_noise():
     mask = np.full((64, 64), 5.0)
     mask[:8, :8] = 7  # 64 px of 4096: a region, not edge noise
-    with pytest.raises(ValueError, match=r"m\.jpg: mask value 7 \(64 px\) of 4096 px map to no Gleason label; valid values are within 1 of 0, 3, 4, 5"):
+    with pytest.raises(
+        ValueError,
+        match=r"m\.jpg: mask value 7 \(64 px\) of 4096 px map to no Gleason label; valid values are within 1 of 0, 3, 4, 5",
+    ):
         SnapMaskToLabels()(_named(mask, "m.jpg"))
     mask[:8, :8] = 5
     mask[0, :3] = (7, 8, 9)  # 3 px of overshoot at an edge (under 0.1 %): JPEG noise
