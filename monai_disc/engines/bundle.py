@@ -47,8 +47,12 @@ def _check(path: Path, mode: str, min_size: int, size_multiple: int, values: Seq
     h, w = (int(v) for v in image.shape[-2:])
     least = max(min_size, size_multiple)
     if min(h, w) < least or h % size_multiple or w % size_multiple:
-        need = f"sides that are a multiple of {size_multiple} px" if size_multiple > 1 else "sides of"
-        raise ValueError(f"{path}: the image is {h}x{w} px; this bundle needs {need} (at least {least} px)")
+        need = (
+            f"sides that are a multiple of {size_multiple} px (at least {least} px)"
+            if size_multiple > 1
+            else f"at least {least} px a side"
+        )
+        raise ValueError(f"{path}: the image is {h}x{w} px; this bundle needs {need}")
     if values is not None:
         SnapMaskToLabels(values=tuple(values), labels=tuple(range(len(values))))(image)
 

@@ -43,7 +43,7 @@ def test_carcinonet_writes_the_good_tiles_and_names_the_bad_ones(tiles, tmp_path
     proc = _run("carcinonet", "--dataset_dir", str(tiles), "--output_dir", str(out), "--num_workers", "0")
     assert proc.returncode == 2
     errors = _errors(proc)
-    assert errors[0] == f"error: {tiles / 'tiny.png'}: the image is 1x1 px; this bundle needs sides of (at least 32 px)"
+    assert errors[0] == f"error: {tiles / 'tiny.png'}: the image is 1x1 px; this bundle needs at least 32 px a side"
     assert errors[1].startswith(
         f"error: cannot read image file {tiles / 'truncated.jpg'}: OSError: image file is truncated"
     )
