@@ -13,7 +13,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.24",
     "pandas>=2.0",
     "openpyxl>=3.1",
-    "Pillow>=10.0",
+    "Pillow>=10.1",  # ImageFont.load_default(size=...): readable text on pictures
     "tifffile>=2023.7",
     "openslide-python>=1.3",
     "openslide-bin>=4.0",

@@ -6,7 +6,7 @@ run. The table chooses ``monai_disc.inferers.DEFAULT_NUM_INFERENCE_STEPS``: the 
 of the most steps on the same masks and seeds, unguided and guided. Two more seed sets at the default show how
 much a table moves with the seeds alone (far more than the paired step-to-step differences).
 
-    python bench/bench_steps.py --data .toy --masks 64 [--steps 10 20 50 100 200] [--guidance-scale 1 3]
+    python bench/bench_steps.py --data .toy --masks 64 [--num-inference-steps 10 20 50 100 200] [--guidance-scale 1 3]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="a SICAPv2-layout toy set (monai-disc toy-data)")
     parser.add_argument("--bundles", default=None, help="bundles folder (default: the checkout's)")
     parser.add_argument("--masks", type=int, default=64)
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100, 200])
+    parser.add_argument("--num-inference-steps", type=int, nargs="+", default=[10, 20, 50, 100, 200])
     parser.add_argument("--guidance-scale", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -40,7 +40,7 @@ def main() -> None:
     generators = {
         f"SD, {s} steps, guidance {g:g}": load_generator("sd", args.bundles, num_inference_steps=s, guidance_scale=g)
         for g in args.guidance_scale
-        for s in args.steps
+        for s in args.num_inference_steps
     }
     with tempfile.TemporaryDirectory() as out:
         result = compare_generators(generators, masks, range(len(masks)), ruler, real, out)

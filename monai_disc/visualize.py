@@ -1,4 +1,8 @@
-"""Pictures for evaluation: label maps over tiles, and grids of tiles saved as one image."""
+"""Pictures for evaluation: label maps over tiles, and grids of tiles saved as one image with titles and a legend.
+
+The label colours are defined once, in :data:`monai_disc.labels.LABEL_COLORS` (a torch-free module the data
+writers share); every picture that shows masks draws :func:`legend` with them.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,54 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .io import atomic_path
-from .labels import colorize
+from .labels import LABEL_COLORS, LABEL_NAMES, GleasonLabel, colorize
 
-__all__ = ["overlay", "save_grid", "save_picture", "to_uint8"]
+__all__ = ["LABEL_COLORS", "font", "legend", "overlay", "save_grid", "save_picture", "text_size", "to_uint8"]
+
+
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's bundled scalable font at ``size`` px (its bitmap font, about 10 px, is unreadable on big pictures)."""
+    return ImageFont.load_default(size=max(8, int(size)))
+
+
+def text_size(width: int) -> int:
+    """A readable text size for a picture or column ``width`` px wide: 12 to 40 px."""
+    return int(min(40, max(12, round(width / 9))))
+
+
+def legend(width: int, size: int = 14) -> Image.Image:
+    """A white strip ``width`` px wide naming the label colours: a swatch and the name of each label.
+
+    Args:
+        width: strip width (the swatches wrap onto more lines when they do not fit).
+        size: text size in px.
+    """
+    f = font(size)
+    entries = []
+    for label in GleasonLabel:
+        name = LABEL_NAMES[label]
+        entries.append((LABEL_COLORS[label], name, int(f.getlength(name)) + 2 * size))
+    lines, line, used = [], [], 0
+    for entry in entries:
+        step = entry[2] + size
+        if line and used + step > width:
+            lines.append(line)
+            line, used = [], 0
+        line.append(entry)
+        used += step
+    lines.append(line)
+    strip = Image.new("RGB", (max(width, 1), len(lines) * int(1.6 * size) + size // 2), "white")
+    draw = ImageDraw.Draw(strip)
+    for i, line in enumerate(lines):
+        x, y = size // 2, size // 4 + i * int(1.6 * size)
+        for colour, name, step in line:
+            draw.rectangle([x, y, x + size, y + size], fill=colour, outline=(0, 0, 0))
+            draw.text((x + int(1.4 * size), y - size // 8), name, fill=(0, 0, 0), font=f)
+            x += step + size
+    return strip
 
 
 def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -25,7 +71,7 @@ def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """
     a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if a.dtype != np.uint8:
-        if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        if a.ndim == 3 and a.shape[0] in (1, 3):  # float pictures are package tiles: channels first
             a = np.moveaxis(a, 0, -1)
         a = np.clip(np.rint((a.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
     if a.ndim == 2:
@@ -65,8 +111,13 @@ def save_grid(
     path: str | Path,
     titles: Sequence[str] | None = None,
     pad: int = 2,
+    legend_colors: bool = False,
+    title: str | None = None,
+    zoom: int = 1,
 ) -> Path:
     """Save rows of pictures as one image (written atomically: temp file then rename).
+
+    Text (the title, column titles, the legend) is sized to the cells so it stays readable at the picture's size.
 
     Args:
         rows: rows of pictures, each (H, W, 3) uint8 or a (3, H, W) tile in [-1, 1]; cells take
@@ -74,14 +125,19 @@ def save_grid(
         path: output file; the suffix picks the format (``.png``, ``.jpg``).
         titles: optional column titles written above the first row.
         pad: white pixels between cells.
+        legend_colors: add the label colour legend under the grid (every picture that shows masks should).
+        title: optional line above everything.
+        zoom: integer magnification of every picture (nearest), for small tiles.
 
     Returns:
         The written path.
 
     Raises:
-        ValueError: when there is nothing to draw or more titles than columns.
+        ValueError: when there is nothing to draw, more titles than columns, or a zoom under 1.
     """
-    pics = [[to_uint8(p) for p in row] for row in rows]
+    if int(zoom) < 1:
+        raise ValueError(f"{path}: zoom must be a positive integer, got {zoom}.")
+    pics = [[np.repeat(np.repeat(to_uint8(p), zoom, 0), zoom, 1) for p in row] for row in rows]
     if not pics or not any(pics):
         raise ValueError(f"{path}: no pictures to save.")
     n_cols = max(len(r) for r in pics)
@@ -89,18 +145,25 @@ def save_grid(
         raise ValueError(f"{path}: {len(titles)} titles for {n_cols} columns.")
     cell_h = max(p.shape[0] for r in pics for p in r)
     cell_w = max(p.shape[1] for r in pics for p in r)
-    header = 14 if titles else 0
-    canvas = Image.new(
-        "RGB", (n_cols * cell_w + (n_cols + 1) * pad, header + len(pics) * cell_h + (len(pics) + 1) * pad), "white"
-    )
+    width = n_cols * cell_w + (n_cols + 1) * pad
+    size = text_size(cell_w)
+    f = font(size)
+    top = int(1.5 * size) if title else 0
+    header = int(1.4 * size) if titles else 0
+    body = header + len(pics) * cell_h + (len(pics) + 1) * pad
+    strip = legend(width, size) if legend_colors else None
+    canvas = Image.new("RGB", (width, top + body + (strip.height if strip else 0)), "white")
     for i, row in enumerate(pics):
         for j, pic in enumerate(row):
-            canvas.paste(Image.fromarray(pic), (pad + j * (cell_w + pad), header + pad + i * (cell_h + pad)))
+            canvas.paste(Image.fromarray(pic), (pad + j * (cell_w + pad), top + header + pad + i * (cell_h + pad)))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, size // 6), str(title), fill=(0, 0, 0), font=f)
     if titles:
-        draw = ImageDraw.Draw(canvas)
-        for j, title in enumerate(titles):
-            draw.text((pad + j * (cell_w + pad), 1), str(title), fill=(0, 0, 0))
-
+        for j, name in enumerate(titles):
+            draw.text((pad + j * (cell_w + pad), top + size // 8), str(name), fill=(0, 0, 0), font=f)
+    if strip is not None:
+        canvas.paste(strip, (0, top + body))
     return save_picture(canvas, path)
 
 

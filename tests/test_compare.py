@@ -182,8 +182,12 @@ def test_files_written(tmp_path):
     assert stored["reference"]["miou"] == 1.0 and stored["reference"]["seconds_per_tile"] is None
     assert stored["seeds"] == seeds and stored["num_masks"] == 8
     grid = np.asarray(Image.open(tmp_path / "compare_grid.png").convert("RGB"))
-    cell, pad, header = 128, 2, 14  # 16 px masks drawn 8x larger; 6 rows; mask | real | SD | SD-SC
-    assert grid.shape == (header + 6 * cell + 7 * pad, 4 * cell + 5 * pad, 3)
+    from monai_disc.visualize import legend, text_size
+
+    cell, pad = 128, 2  # 16 px masks drawn 8x larger; 6 rows; mask | real | SD | SD-SC; titles; the colour legend
+    header = int(1.4 * text_size(cell))
+    below = legend(4 * cell + 5 * pad, text_size(cell)).height
+    assert grid.shape == (header + 6 * cell + 7 * pad + below, 4 * cell + 5 * pad, 3)
     # row 1 (mask 1), mask pixel (0, 15): the mask column shows its colour, the painter's column its paint
     top, left = header + 2 * pad + cell, 15 * 8 + 4
     assert (grid[top + 4, pad + left] == colorize(masks[1].numpy())[0, 15]).all()

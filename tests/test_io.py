@@ -126,3 +126,85 @@ def test_concurrent_writers_of_one_target_get_separate_temps_and_the_last_rename
         assert target.read_text() == "second" and first.read_text() == "first"
     assert target.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+# ---------------------------------------------------------------------------------------- settings record
+def test_same_settings_resume_other_settings_stop_naming_them_and_overwrite_starts_over(tmp_path):
+    from monai_disc.io import SettingsMismatchError, job_settings
+
+    out = tmp_path / "job"
+    record = job_settings(out, {"seed": 0, "size": (64, 64), "data": tmp_path})
+    (out / "done.txt").write_text("finished work")
+    assert job_settings(out, {"seed": 0, "size": [64, 64], "data": str(tmp_path)}) == record  # resumes
+    assert (out / "done.txt").is_file()
+    with pytest.raises(SettingsMismatchError) as err:
+        job_settings(out, {"seed": 9, "size": (64, 64), "data": tmp_path, "steps": 2})
+    assert str(err.value) == (
+        f"{out} holds outputs made with other settings (seed: 0 -> 9; steps: (none) -> 2); rerun with the same "
+        "settings to resume, pass --overwrite (overwrite=True) to start over, or choose another folder"
+    )
+    assert (out / "done.txt").is_file()  # nothing removed
+    job_settings(out, {"seed": 9}, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["settings.json"]
+    assert '"seed": 9' in record.read_text()
+
+
+def test_a_folder_of_other_files_without_a_record_is_never_cleared(tmp_path):
+    from monai_disc.io import SettingsMismatchError, job_settings
+
+    (tmp_path / "mine.txt").write_text("a user's file")
+    for overwrite in (False, True):
+        with pytest.raises(SettingsMismatchError, match="is not empty and has no settings.json record"):
+            job_settings(tmp_path, {"seed": 0}, overwrite=overwrite)
+    assert (tmp_path / "mine.txt").read_text() == "a user's file"
+
+
+_WRITER = """
+import sys, time
+from monai_disc.io import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half")
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_restart_removes_the_temp_files_of_killed_writers_and_keeps_live_ones(tmp_path):
+    import subprocess
+    import sys
+
+    from monai_disc.io import job_settings
+
+    out = tmp_path / "job"
+    job_settings(out, {"seed": 0})
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(out / name)], stdout=subprocess.PIPE, text=True)
+        for name in ("killed.pt", "live.pt")
+    ]
+    try:
+        temps = [Path(w.stdout.readline().strip()) for w in writers]
+        assert all(t.is_file() and t.name.endswith(".tmp") for t in temps)
+        writers[0].kill()  # a job killed during an atomic save
+        writers[0].wait(timeout=30)
+        stale_old_form = out / ".old.pt.0123abcd.tmp"  # the ownerless form of earlier versions, long left
+        stale_old_form.write_bytes(b"x")
+        os.utime(stale_old_form, (0, 0))
+        job_settings(out, {"seed": 0})  # the restart
+        assert not temps[0].exists() and not stale_old_form.exists()
+        assert temps[1].is_file()  # a live writer's file is left alone
+    finally:
+        for w in writers:
+            w.kill()
+            w.wait(timeout=30)
+
+
+def test_torch_save_writes_the_same_bytes_for_the_same_content_under_any_temp_name(tmp_path):
+    content = {"latents": torch.arange(24, dtype=torch.float16).reshape(2, 3, 4), "seed": 3}
+    first = atomic_torch_save(content, tmp_path / "a" / "shard.pt").read_bytes()
+    again = atomic_torch_save(content, tmp_path / "b" / "shard.pt").read_bytes()  # another temp name
+    assert first == again
+    torch.testing.assert_close(
+        torch.load(tmp_path / "a" / "shard.pt", weights_only=True)["latents"], content["latents"]
+    )
+    loaded = torch.load(tmp_path / "b" / "shard.pt", mmap=True, weights_only=True)  # memory maps as before
+    assert loaded["seed"] == 3

@@ -18,7 +18,9 @@ def _toy_data(args: argparse.Namespace) -> None:
     from monai_disc.data.toy import make_toy_sicapv2, save_contact_sheet
 
     start = time.perf_counter()
-    root = make_toy_sicapv2(args.out, n_slides=args.slides, tile_size=args.tile_size, seed=args.seed)
+    root = make_toy_sicapv2(
+        args.out, n_slides=args.slides, tile_size=args.tile_size, seed=args.seed, overwrite=args.overwrite
+    )
     print(f"toy SICAPv2 set at {root} ({time.perf_counter() - start:.1f} s)")
     if args.preview:
         sheet = save_contact_sheet(root, Path(root) / "preview.png")
@@ -29,40 +31,24 @@ def _toy_data(args: argparse.Namespace) -> None:
 def _summary(args: argparse.Namespace) -> None:
     from monai_disc.data.sicapv2 import format_summary, summarize_sicapv2
 
-    print(format_summary(summarize_sicapv2(args.root)))
-
-
-def _shape_bank(data: str, path: Path, size: int):
-    """The shape bank at ``path``, built from the SICAPv2 Train masks of ``data`` when it is not there yet."""
-    from monai_disc.data import load_sicapv2
-    from monai_disc.masks import ShapeBank
-
-    if path.is_file():
-        return ShapeBank.load(path)
-    bank = ShapeBank.from_data_list(load_sicapv2(data, "Test", "Train"), size=size)
-    bank.save(path)
-    return bank
+    summary = summarize_sicapv2(args.root)
+    if not summary["sheets"] and summary["slides"] is None:
+        raise FileNotFoundError(
+            f"{args.root} holds no SICAPv2 data: no partition sheets (partition/Test/Train.xlsx, ...) and no "
+            "wsi_labels.xlsx"
+        )
+    print(format_summary(summary))
 
 
 def _generate_slides(args: argparse.Namespace) -> None:
-    from monai_disc.apps.generate_slides import generate_slides
-    from monai_disc.inferers import load_generator
-    from monai_disc.masks import load_plans, plan_synthetic_slides, save_plans
+    from monai_disc.apps.generate_slides import run_generate_slides
 
-    out = Path(args.out)
-    plans_path = out / "plans.json"
-    # one bank and one plan for every generator: the paper's fair comparison
-    bank = _shape_bank(args.data, out / "shape_bank.npz", args.tile_size)
-    if plans_path.is_file():
-        plans = load_plans(plans_path)
-    else:
-        plans = plan_synthetic_slides(args.data, bank, target=args.target, seed=args.seed, n_tiles=args.tiles)
-        save_plans(plans, plans_path, bank)
+    plans, manifest = run_generate_slides(
+        args.data, args.out, args.generator, args.bundles, target=args.target, tiles=args.tiles,
+        tile_size=args.tile_size, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+        seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
+    )  # fmt: skip
     print(f"{len(plans)} synthetic slides planned to bring every primary grade to {args.target} slides")
-    generator = load_generator(
-        args.generator, args.bundles, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale
-    )
-    manifest = generate_slides(plans, out / args.generator, generator, bank, batch_size=args.batch_size)
     print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish writes the manifest")
 
 
@@ -78,12 +64,13 @@ def _compare_generators(args: argparse.Namespace) -> None:
 
 
 def _distill_set(args: argparse.Namespace) -> None:
+    from monai_disc.apps.generate_slides import shape_bank
     from monai_disc.engines import write_distillation_set
     from monai_disc.inferers import latent_shape_for, load_generator
 
     out = Path(args.out)
     if args.data:
-        _shape_bank(args.data, out / "shape_bank.npz", args.bank_size)
+        shape_bank(args.data, out / "shape_bank.npz", args.bank_size)
     generator = load_generator(
         args.generator, args.bundles, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale
     )
@@ -112,8 +99,9 @@ def _extract_features(args: argparse.Namespace) -> None:
         bags = load_sicapv2_bags(args.data, args.partition, args.split)
     extractor = build_extractor(args.extractor, weights=args.weights)
     written = extract_bag_features(
-        bags, extractor, args.out, batch_size=args.batch_size, loader=loader, num_workers=args.num_workers
-    )
+        bags, extractor, args.out, batch_size=args.batch_size, loader=loader, num_workers=args.num_workers,
+        overwrite=args.overwrite,
+    )  # fmt: skip
     print(f"features of {len(written)} slides in {args.out}")
 
 
@@ -126,7 +114,7 @@ def _tile_slides(args: argparse.Namespace) -> int:
         slides = list_slides(args.slides, read_slide_labels(args.labels) if args.labels else None)
     result = tile_slides(
         slides, args.out, tile_size=args.tile_size, mpp=args.mpp, min_tissue=args.min_tissue,
-        base_mpp=args.base_mpp, tissue=args.tissue,
+        base_mpp=args.base_mpp, tissue=args.tissue, overwrite=args.overwrite,
     )  # fmt: skip
     counts = {s: sum(r["status"] == s for r in result.rows) for s in ("ok", "empty", "error")}
     print(f"{len(result.rows)} slides: {counts['ok']} ok, {counts['empty']} empty, {counts['error']} failed")
@@ -173,7 +161,7 @@ def _demo(args: argparse.Namespace) -> None:
 
     run_demo(
         Path(args.out), bundles_dir=args.bundles, seed=args.seed, num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale, n_slides=args.slides,
+        guidance_scale=args.guidance_scale, n_slides=args.slides, overwrite=args.overwrite,
     )  # fmt: skip
 
 
@@ -206,7 +194,11 @@ def _label_server(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from monai_disc import __version__
+
     parser = argparse.ArgumentParser(prog="monai-disc", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"monai-disc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("toy-data", help="write the procedural toy set in the SICAPv2 layout")
@@ -215,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=128, help="tile size in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview", action="store_true", help="also write preview.png, tiles beside their masks")
+    p.add_argument("--overwrite", action="store_true", help="replace a toy set written with other settings")
     p.set_defaults(func=_toy_data)
 
     p = sub.add_parser("summary", help="print tiles per grade and slides per primary grade of a SICAPv2 root")
@@ -230,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=64, help="tile size the generator draws")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="start over in a folder written with other settings")
     p.set_defaults(func=_generate_slides)
 
     p = sub.add_parser("compare-generators", help="SD, SD-SC, SD-DISC, SD-DISC-CoTrain on the same masks and seeds")
@@ -266,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="local weight file of the extractor")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading tiles")
+    p.add_argument("--overwrite", action="store_true", help="start over in a cache written with other settings")
     p.set_defaults(func=_extract_features)
 
     p = sub.add_parser("tile-slides", help="find tissue and tile whole slides at a target resolution")
@@ -279,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-mpp", type=float, default=None, help="level-0 um/px of slides whose metadata has none")
     p.add_argument("--tissue", default="biopsy", choices=["biopsy", "clam"], help="tissue detection preset")
     p.add_argument("--labels", default=None, help="csv of slide_id, gleason_score (with --slides)")
+    p.add_argument("--overwrite", action="store_true", help="start over in a folder tiled with other settings")
     p.set_defaults(func=_tile_slides)
 
     p = sub.add_parser("evaluate-slides", help="TransMIL slide AUROC on PANDA bags, overall and per provider")
@@ -307,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(p, generator=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slides", type=int, default=40, help="slides of the toy set")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of a demo run with other settings")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("label-server", help="serve carcinonet and gleason_ldm to QuPath / REST clients (MONAI Label)")
@@ -320,14 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a failure prints one line per bad file (no traceback unless ``--debug``) and returns 2.
+
+    A command that finishes but reports failed items (``tile-slides``) returns its own exit code.
+    """
+    from monai_disc.errors import failure_lines
+
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        # MONAI re-raises transform errors as "applying transform ..."; the innermost cause names the file
-        while e.__cause__ is not None:
-            e = e.__cause__
-        print(f"monai-disc {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:  # every failure is reported the same way; --debug shows where it came from
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        for line in failure_lines(e):
+            print(f"monai-disc {args.command}: error: {line}", file=sys.stderr)
         return 2
     return int(code or 0)
 

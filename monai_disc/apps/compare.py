@@ -439,7 +439,7 @@ def _save_grid(masks: Tensor, grids: Mapping[str, Tensor], path: Path, grid_rows
     pictures = [
         [big(colorize(masks[i].numpy())), *(big(to_uint8(grids[name][i])) for name in grids)] for i in range(rows)
     ]
-    save_grid(pictures, path, titles=["mask", *grids])
+    save_grid(pictures, path, titles=["mask", *grids], legend_colors=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from monai_disc.bundles import AUTOENCODER_WEIGHTS, bundle_file
 from monai_disc.data.synthetic import (
     IMAGES_DIR,
     MANIFEST_NAME,
@@ -42,13 +43,13 @@ from monai_disc.data.synthetic import (
     manifest_text,
 )
 from monai_disc.distributed import resolve_rank
-from monai_disc.inferers.generators import TileGenerator
+from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, TileGenerator
 from monai_disc.io import atomic_write_text
 from monai_disc.labels import LABEL_NAMES
 from monai_disc.masks import ShapeBank, SlidePlan
 from monai_disc.visualize import save_picture, to_uint8
 
-__all__ = ["generate_slides", "generator_name", "shard_plans", "tile_name"]
+__all__ = ["generate_slides", "generator_name", "run_generate_slides", "shape_bank", "shard_plans", "tile_name"]
 
 _PARTIAL_SUFFIX = ".partial"
 _INFO_FORMAT = 1
@@ -296,3 +297,101 @@ def generate_slides(
         logger.info("manifest not written yet: %d slides of other ranks missing (e.g. %s)", len(missing), missing[0])
         return None
     return atomic_write_text(manifest, manifest_text(plans, name))
+
+
+def run_generate_slides(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    generator: str = "sd",
+    bundles: str | os.PathLike | None = None,
+    target: int = 100,
+    tiles: Sequence[int] = (20, 100),
+    tile_size: int = 64,
+    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    guidance_scale: float = 1.0,
+    batch_size: int = 16,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[list[SlidePlan], Path | None]:
+    """The `generate-slides` job: one shape bank and plan in `out`, one slide folder per generator under it.
+
+    Sizes are checked before anything is written. `out` records the bank and plan settings and `out/<generator>`
+    the generator's (:func:`monai_disc.io.job_settings`): a rerun with the same settings resumes, one with other
+    settings stops naming them, and `overwrite` starts over (the bank and plan only when their settings changed).
+
+    Args:
+        data: SICAPv2 root whose training masks make the bank and whose slides are balanced.
+        out: output folder.
+        generator: a name of :data:`monai_disc.inferers.GENERATORS`.
+        bundles: folder holding the bundles' weights; None: the repository's.
+        target: slides per primary grade, real plus synthetic (at least 1).
+        tiles: (min, max) tiles per slide.
+        tile_size: side of the tiles drawn.
+        num_inference_steps: DDIM steps per tile.
+        guidance_scale: classifier-free guidance weight.
+        batch_size: tiles per generator call.
+        seed: plan seed.
+        overwrite: start over instead of stopping at other settings.
+        progress: show a progress bar.
+
+    Returns:
+        (plans, manifest path or None when other ranks still have slides to draw).
+
+    Raises:
+        ValueError: a target under 1, a tile size the generator cannot draw, nothing to generate, or outputs of
+            other settings in `out`.
+        monai_disc.errors.FailedFilesError: bad mask files (all of them listed).
+    """
+    from monai_disc.inferers import GENERATORS, load_generator
+    from monai_disc.io import SETTINGS_NAME, compare_settings, file_digest, job_settings
+    from monai_disc.masks import load_plans, plan_synthetic_slides, save_plans
+
+    if int(target) < 1:
+        raise ValueError(f"target must be at least 1 slide per primary grade, got {target}")
+    tile_generator = load_generator(
+        generator, bundles, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale
+    )
+    tile_generator.check_size(tile_size)  # before any file is written
+    out = Path(out)
+    shared = {
+        "data": str(Path(data).resolve()),
+        "target": int(target),
+        "tiles": [int(t) for t in tiles],
+        "tile_size": int(tile_size),
+        "seed": int(seed),
+    }
+    changed = bool(compare_settings(out / SETTINGS_NAME, shared))
+    job_settings(out, shared, overwrite=overwrite and changed)
+    bank_path, plans_path = out / "shape_bank.npz", out / "plans.json"
+    # one bank and one plan for every generator: the paper's fair comparison
+    bank = shape_bank(data, bank_path, tile_size)
+    if plans_path.is_file():
+        plans = load_plans(plans_path)
+    else:
+        plans = plan_synthetic_slides(data, bank, target=target, seed=seed, n_tiles=tuple(tiles))
+        save_plans(plans, plans_path, bank)
+    if not plans:
+        raise ValueError(f"nothing to generate: every primary grade of {data} already has {target} or more slides")
+    own = {
+        "generator": generator,
+        "num_inference_steps": int(num_inference_steps),
+        "guidance_scale": float(guidance_scale),
+        "weights": file_digest(bundle_file(GENERATORS[generator].weights, bundles)),
+        "autoencoder": file_digest(bundle_file(AUTOENCODER_WEIGHTS, bundles)),
+    }
+    job_settings(out / generator, own, overwrite=overwrite)
+    manifest = generate_slides(plans, out / generator, tile_generator, bank, batch_size=batch_size, progress=progress)
+    return plans, manifest
+
+
+def shape_bank(data: str | os.PathLike, path: str | os.PathLike, size: int) -> ShapeBank:
+    """The shape bank at ``path``, built from the SICAPv2 Train masks of ``data`` when it is not there yet."""
+    from monai_disc.data import load_sicapv2
+
+    path = Path(path)
+    if path.is_file():
+        return ShapeBank.load(path)
+    bank = ShapeBank.from_data_list(load_sicapv2(data, "Test", "Train"), size=size)
+    bank.save(path)
+    return bank

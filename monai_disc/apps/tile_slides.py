@@ -6,7 +6,8 @@ as ``error`` with the file and the reason, and the others are still done. Each f
 (``records/<slide_id>.json``, written last and atomically), so a rerun skips the slides already ``ok`` or ``empty``
 and retries the failed ones. Under torchrun rank ``r`` of ``W`` takes slides r, r + W, ...; whichever rank sees
 every record present writes ``manifest.csv`` (no collective, as feature extraction). The settings are kept in
-``tiling.json``; a rerun with other settings into the same folder is refused.
+``tiling.json`` (:func:`monai_disc.io.job_settings`); a rerun with other settings into the same folder is
+refused, naming them, and ``--overwrite`` starts over.
 """
 
 from __future__ import annotations
@@ -38,13 +39,12 @@ from monai_disc.data.wsi import (
     read_tile,
     write_coords,
 )
-from monai_disc.io import atomic_path, atomic_write_text
+from monai_disc.io import atomic_path, atomic_write_text, job_settings
 from monai_disc.labels import GLEASON_PATTERN_TO_LABEL, LABEL_NAMES, multi_hot
 
 __all__ = [
     "RECORDS_DIR",
     "TileSlidesResult",
-    "check_settings",
     "list_slides",
     "panda_slides",
     "read_slide_labels",
@@ -142,25 +142,6 @@ def panda_slides(root: str | os.PathLike) -> list[dict]:
     return [
         {k: item[k] for k in ("slide_id", "image", "mask", "provider", "gleason_score")} for item in load_panda(root)
     ]
-
-
-def check_settings(out_dir: str | os.PathLike, settings: Mapping[str, Any]) -> None:
-    """Record ``settings`` in ``out_dir/tiling.json``, or refuse when the folder was made with other settings.
-
-    Raises:
-        ValueError: the folder holds a tiling with other settings (the message shows both).
-    """
-    path = Path(out_dir) / TILING_SETTINGS
-    wanted = json.loads(json.dumps(dict(settings)))  # as JSON reads it back (tuples -> lists)
-    if path.is_file():
-        try:
-            found = json.loads(path.read_text())
-        except ValueError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        if found != wanted:
-            raise ValueError(f"{path}: this folder was tiled with {found}, not {wanted}; use another --out")
-    else:
-        atomic_write_text(path, json.dumps(wanted, indent=1) + "\n")
 
 
 def save_thumbnail(plan: SlideTiling, path: str | os.PathLike, max_side: int = 1024, min_side: int = 512) -> Path:
@@ -290,6 +271,7 @@ def tile_slides(
     rank: int | None = None,
     world_size: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TileSlidesResult:
     """Tile every slide into ``out_dir`` (layout in :mod:`monai_disc.data.wsi`): resumable and rank-sharded.
 
@@ -301,6 +283,7 @@ def tile_slides(
         rank, world_size: this process's shard; None reads torchrun's environment
             (:func:`monai_disc.distributed.resolve_rank`).
         progress: show a tqdm bar over this rank's slides.
+        overwrite: start over in a folder tiled with other settings (see :func:`monai_disc.io.job_settings`).
 
     Returns:
         This rank's rows and, when every slide is done, the manifest path.
@@ -317,12 +300,11 @@ def tile_slides(
         raise ValueError(f"slide ids must be unique; repeated: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
     rank, world_size = resolve_rank(rank, world_size)
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     settings = {
         "tile_size": int(tile_size), "mpp": float(mpp), "min_tissue": float(min_tissue),
         "base_mpp": None if base_mpp is None else float(base_mpp), "tissue": tissue, "backend": backend,
     }  # fmt: skip
-    check_settings(out, settings)
+    job_settings(out, settings, overwrite=overwrite, name=TILING_SETTINGS)  # the one settings record
     records = out / RECORDS_DIR
 
     def record(sid: str) -> dict | None:

@@ -30,6 +30,10 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
+import sys
+import threading
+import time
 import zipfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -39,10 +43,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from monai_disc.io import atomic_path, atomic_write_bytes
+from monai_disc.io import atomic_path, atomic_write_bytes, compare_settings, remove_orphan_temps, settings_error
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
 
 __all__ = [
@@ -1184,6 +1188,31 @@ _LAYOUT = ("images", "masks", "partition", "wsi_labels.xlsx", "panda", _MARKER)
 _MOVING = ".toy_moving"  # present while a build replaces an older toy build in place
 
 
+def _end_with_parent(parent: int) -> None:
+    """Worker initializer: a drawing process ends when the build that started it ends, however it ends.
+
+    A killed parent cannot shut its pool down, and spawned workers would go on drawing (hundreds of MB each).
+    Linux delivers SIGKILL to the worker when the parent dies (``PR_SET_PDEATHSIG``); elsewhere a watchdog
+    thread notices the parent is gone within a second.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl: the watchdog remains
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="end-with-parent").start()
+
+
 def _build_args(
     n_slides: int, tile_size: int, seed: int, tiles_per_slide: tuple[int, int], n_wsi: int, wsi_size: tuple[int, int]
 ) -> dict[str, Any]:
@@ -1258,7 +1287,8 @@ def make_toy_sicapv2(
         tiles_per_slide: inclusive range of tiles drawn per slide.
         n_wsi: number of PANDA-layout whole slides (0 for none).
         wsi_size: their level-0 width and height.
-        overwrite: replace a different toy build or the toy files in a folder that holds others.
+        overwrite: replace a toy build (finished or killed) of other settings, or the toy files in a folder that
+            holds others. Without it, a build of other settings stops with an error naming the settings.
         num_workers: processes drawing slides in parallel (``None``: one per CPU, up to 8, for
             builds worth it); the output does not depend on it.
 
@@ -1266,7 +1296,8 @@ def make_toy_sicapv2(
         ``root`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ValueError: for fewer than 5 slides, a tile under 32 px, a bad tile range or slides under 256 px.
+        ValueError: for fewer than 5 slides, a tile under 32 px, a bad tile range or slides under 256 px; a toy
+            build of other settings in ``root`` (or its partial folder) without ``overwrite``, naming them.
         FileExistsError: when ``root`` holds other files and ``overwrite`` is False.
     """
     if n_slides < 5:
@@ -1280,8 +1311,11 @@ def make_toy_sicapv2(
         raise ValueError(f"wsi_size must be at least 256 px a side, got {wsi_size}.")
     root = Path(root)
     args = _build_args(n_slides, tile_size, seed, (lo, hi), n_wsi, wsi_size)
-    if is_complete(root, **args):
+    finished = compare_settings(root / _MARKER, args)
+    if finished == []:
         return root
+    if finished and not overwrite:
+        raise settings_error(root, finished)
     if root.exists() and any(root.iterdir()):
         ours = (root / _MARKER).exists() or (root / _MOVING).exists()  # never touch real data sets
         if not (ours or overwrite):
@@ -1291,9 +1325,13 @@ def make_toy_sicapv2(
             )
 
     work = root.parent / f".{root.name}.toy-partial"
-    if _read_marker(work / "build_args.json") != args:  # a different or unknown partial build
+    partial = compare_settings(work / "build_args.json", args)
+    if partial and not overwrite:  # a killed build of other settings: stop rather than discard it silently
+        raise settings_error(work, partial)
+    if partial or (partial is None and work.exists()):  # another or an unknown partial build
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temps(work)
     atomic_write_bytes(work / "build_args.json", json.dumps(args, sort_keys=True).encode())
     for sub in ("images", "masks", "partition/Test", *(f"partition/Validation/Val{k}" for k in range(1, 5))):
         (work / sub).mkdir(parents=True, exist_ok=True)
@@ -1306,7 +1344,12 @@ def make_toy_sicapv2(
         work_px = sum(len(slide.tiles) for slide in slides) * tile_size**2 + n_wsi * wsi_size[0] * wsi_size[1]
         num_workers = min(os.cpu_count() or 1, 8) if work_px > 400 * 128**2 else 1
     if num_workers > 1:
-        with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            num_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_end_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             panda_futures = [pool.submit(_write_panda_slide, *job) for job in panda_jobs]  # longest first
             tile_futures = [pool.submit(_write_slide_tiles, *job) for job in jobs]
             panda_rows = [f.result() for f in panda_futures]
@@ -1444,16 +1487,19 @@ def save_contact_sheet(
     rows = {k: v for k, v in rows.items() if v}
 
     tile = max(im.shape[0] for v in rows.values() for im, _, _ in v) * zoom
-    gap, label_w, head = 4, 64, 18
+    gap = 4
+    size = int(min(48, max(14, tile // 6)))  # text readable at the sheet's size (a sheet is ~3000 px wide)
+    font = ImageFont.load_default(size=size)
+    label_w, head = int(font.getlength("mixed")) + 2 * size, int(1.8 * size)
     cell_w = 2 * tile + gap
     width = label_w + n * (cell_w + 3 * gap)
-    height = head + len(rows) * (tile + 2 * gap) + 30
+    height = head + len(rows) * (tile + 2 * gap) + 2 * size
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    draw.text((label_w, 3), "tile | mask  (grey NC, green GG3, orange GG4, red GG5)", fill=(0, 0, 0))
+    draw.text((label_w, size // 4), "tile | its mask, one row per pattern (colours below)", fill=(0, 0, 0), font=font)
     y = head
     for key, entries in rows.items():
-        draw.text((6, y + tile // 2 - 6), key, fill=(0, 0, 0))
+        draw.text((size // 2, y + tile // 2 - size // 2), key, fill=(0, 0, 0), font=font)
         x = label_w
         for image, mask, _ in entries:
             im = Image.fromarray(image).resize((image.shape[1] * zoom, image.shape[0] * zoom), Image.NEAREST)
@@ -1465,9 +1511,9 @@ def save_contact_sheet(
     x = label_w
     for k, name in enumerate(LABEL_NAMES):
         colour = tuple(int(c) for c in colorize(np.array([[k]]))[0, 0])
-        draw.rectangle([x, y + 6, x + 14, y + 20], fill=colour, outline=(0, 0, 0))
-        draw.text((x + 20, y + 7), name, fill=(0, 0, 0))
-        x += 80
+        draw.rectangle([x, y + size // 4, x + size, y + size + size // 4], fill=colour, outline=(0, 0, 0))
+        draw.text((x + int(1.4 * size), y + size // 8), name, fill=(0, 0, 0), font=font)
+        x += int(font.getlength(name)) + 3 * size
     path = Path(path)
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .autoencoder import ScaleFactorHandler, VQAutoencoderTrainer, loss_terms
 from .batching import fit_batch_size
+from .bundle import FolderScan, bundle_settings, exit_on_failures, load_weights_or_exit, scan_images
 from .checkpoint import ResumableCheckpoint, latest_checkpoint
 from .disc import DISCPrepareBatch
 from .distill import DistillationSet, distill_seed, write_distillation_set
@@ -25,6 +26,11 @@ __all__ = [
     "fit_batch_size",
     "SlideProbabilityWriter",
     "slide_prediction_rows",
+    "FolderScan",
+    "bundle_settings",
+    "exit_on_failures",
+    "load_weights_or_exit",
+    "scan_images",
     "evaluate_transmil",
     "train_transmil",
     "DISCPrepareBatch",

@@ -8,6 +8,7 @@ missing. Shard ``j`` holds sets ``[j * shard_size, (j + 1) * shard_size)``; rank
 
 Layout of ``out_dir``::
 
+    settings.json       the settings the set is made with (a rerun with others stops, naming them)
     manifest.json       format, sizes, sampler settings and the shard list (file, first and last set)
     manifest.csv        set_index, seed, shard: one row per set
     shard_00000.pt      {"latents": (n, K, C, h, w) float16, "indices": (n,), "seeds": (n,)}
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from monai_disc.distributed import resolve_rank
 from monai_disc.inferers.mask_ldm import MaskLDMSampler
 from monai_disc.inferers.separated import SeparatedConditionInferer
-from monai_disc.io import atomic_torch_save, atomic_write_text
+from monai_disc.io import atomic_torch_save, atomic_write_text, job_settings
 
 __all__ = [
     "DISTILL_MANIFEST",
@@ -48,7 +49,7 @@ __all__ = [
 DISTILL_MANIFEST = "manifest.json"
 DISTILL_SEEDS_CSV = "manifest.csv"
 _FORMAT = 1
-# manifest entries that must agree when a run resumes into an existing folder
+# manifest entries that must agree when a run resumes into an existing folder (its settings record)
 _IDENTITY = (
     "format",
     "n_sets",
@@ -75,20 +76,10 @@ def shard_name(shard: int) -> str:
     return f"shard_{int(shard):05d}.pt"
 
 
-def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest and seed table, or check that an existing manifest describes the same set."""
-    path = root / DISTILL_MANIFEST
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError as err:
-            raise ValueError(f"{path} is not a distillation-set manifest: {err}") from None
-        differ = [k for k in _IDENTITY if old.get(k) != manifest[k]]
-        if differ:
-            changes = ", ".join(f"{k}: {old.get(k)!r} -> {manifest[k]!r}" for k in differ)
-            raise ValueError(
-                f"{path} describes another distillation set ({changes}); write to a new folder or remove it."
-            )
+def _write_manifest(root: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Record the set's settings (:func:`monai_disc.io.job_settings`), then write the manifest and seed table."""
+    job_settings(root, {k: manifest[k] for k in _IDENTITY}, overwrite=overwrite)
+    if (root / DISTILL_MANIFEST).is_file():  # written by this set's first run (or another rank)
         return
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
@@ -98,7 +89,7 @@ def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
             writer.writerow([i, distill_seed(manifest["seed"], i), entry["file"]])
     atomic_write_text(root / DISTILL_SEEDS_CSV, table.getvalue())
     # every rank may get here first: the content is the same, and the rename is atomic
-    atomic_write_text(path, json.dumps(manifest, indent=1))
+    atomic_write_text(root / DISTILL_MANIFEST, json.dumps(manifest, indent=1))
 
 
 @torch.no_grad()
@@ -117,6 +108,7 @@ def write_distillation_set(
     world_size: int | None = None,
     dtype: torch.dtype = torch.float16,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write N sets of separated latents {z_0^k} in shards, resuming where a previous run stopped.
 
@@ -136,13 +128,15 @@ def write_distillation_set(
         world_size: number of ranks; None reads ``torch.distributed`` or ``WORLD_SIZE``.
         dtype: storage dtype of the latents.
         progress: show a progress bar.
+        overwrite: start over in a folder that holds a set (of any settings) instead of resuming it.
 
     Returns:
         ``{"rank", "world_size", "written", "skipped", "sets", "seconds", "sets_per_s"}``: this rank's shard
         files written now and found done, the sets written and the throughput.
 
     Raises:
-        ValueError: bad sizes, or ``out_dir`` holding the manifest of another set (the message names it).
+        ValueError: bad sizes, or ``out_dir`` holding a set of other settings (the message names the settings that
+            differ; see :func:`monai_disc.io.job_settings`).
     """
     if n_sets < 1 or shard_size < 1 or batch_size < 1:
         raise ValueError(
@@ -187,7 +181,7 @@ def write_distillation_set(
         "scale_factor": None if scale is None else float(scale),
         "shards": shards,
     }
-    _write_manifest(root, manifest)
+    _write_manifest(root, manifest, overwrite)
 
     mine = shards[rank::world_size]
     todo = [s for s in mine if not (root / s["file"]).is_file()]

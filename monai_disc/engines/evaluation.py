@@ -314,7 +314,7 @@ class OverlayGridSaver:
         if not self.rows or not _is_main_rank():
             return None
         titles = ["tile", "truth", "prediction"] if len(self.rows[0]) == 3 else ["tile", "prediction"]
-        return save_grid(self.rows, self.path, titles=titles)
+        return save_grid(self.rows, self.path, titles=titles, legend_colors=True)
 
 
 class LabelMapWriter:

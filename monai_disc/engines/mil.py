@@ -50,6 +50,7 @@ from monai_disc.labels import LABEL_NAMES, GleasonLabel
 from monai_disc.metrics.slide import slide_auroc
 from monai_disc.networks.features import FeatureBagDataset
 from monai_disc.networks.transmil import transmil, transmil_toy
+from monai_disc.networks.weights import load_weights
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -202,10 +203,8 @@ def _build_network(network: str | Callable[..., nn.Module], in_features: int, kw
 
 
 def _load_model(net: nn.Module, path: Path) -> nn.Module:
-    if not path.is_file():
-        raise FileNotFoundError(f"TransMIL weights not found: {path}")
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return net
+    was_training = net.training
+    return load_weights(net, path).train(was_training)
 
 
 def train_transmil(

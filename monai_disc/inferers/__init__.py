@@ -10,6 +10,7 @@ from .mask_ldm import (
     ddim_scheduler,
     decode_latents,
     latent_shape_for,
+    tile_size_multiple,
 )
 from .separated import SeparatedConditionInferer, fuse_latents, present_labels, uniform_masks
 
@@ -29,5 +30,6 @@ __all__ = [
     "load_generator",
     "load_weights",
     "present_labels",
+    "tile_size_multiple",
     "uniform_masks",
 ]

@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from monai_disc.bundles import AUTOENCODER_WEIGHTS, bundle_file
-from monai_disc.inferers.mask_ldm import DEFAULT_NUM_INFERENCE_STEPS, MaskLDMSampler
+from monai_disc.inferers.mask_ldm import DEFAULT_NUM_INFERENCE_STEPS, MaskLDMSampler, tile_size_multiple
 from monai_disc.inferers.separated import SeparatedConditionInferer
 from monai_disc.networks import mask_ldm_toy, vq_f4_toy
+from monai_disc.networks.weights import load_weights
 
 __all__ = ["GENERATORS", "GeneratorEntry", "LDMGenerator", "TileGenerator", "load_generator", "load_weights"]
 
@@ -94,20 +94,29 @@ class LDMGenerator:
         """The DDIM sampler doing the steps (the SC inferer's inner sampler): its step count and guidance."""
         return getattr(self.sampler, "sampler", self.sampler)
 
+    @property
+    def size_multiple(self) -> int:
+        """Tile sides must be a positive multiple of this: the autoencoder's factor times the denoiser's."""
+        return tile_size_multiple(self.autoencoder, self.denoiser)
+
+    def check_size(self, size: int) -> None:
+        """Refuse a tile size the networks cannot draw, naming the minimum.
+
+        Raises:
+            ValueError: ``size`` is not a positive multiple of :attr:`size_multiple`.
+        """
+        step = self.size_multiple
+        if int(size) < step or int(size) % step:
+            raise ValueError(
+                f"tile size {size} px: generator {self.name} draws tiles whose side is a multiple of {step} px "
+                f"(at least {step} px)"
+            )
+
     @torch.no_grad()
     def sample(self, masks: Tensor, seeds: Sequence[int]) -> Tensor:
         """Tiles (B, 3, H, W) in [-1, 1] on the CPU, for label maps (B, H, W) and one seed per mask."""
         tiles = self.sampler.sample(masks, self.autoencoder, self.denoiser, seeds=list(seeds))
         return tiles.detach().float().cpu()
-
-
-def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a state dict (weights_only) into `network`, in eval mode; the error names a missing file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights {path} not found: train them with the bundle (see its docs/README.md)")
-    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return network.eval()
 
 
 def load_generator(

@@ -20,6 +20,7 @@ __all__ = [
     "ddim_scheduler",
     "decode_latents",
     "latent_shape_for",
+    "tile_size_multiple",
 ]
 
 # The noise schedule of CompVis LDM (its "linear" schedule is MONAI's "scaled_linear_beta": betas linear in sqrt
@@ -84,6 +85,14 @@ def latent_shape_for(autoencoder: nn.Module, image_size: Sequence[int], latent_c
     if h % factor or w % factor:
         raise ValueError(f"mask size {h}x{w} is not a multiple of the autoencoder's downsampling factor {factor}.")
     return latent_channels, h // factor, w // factor
+
+
+def tile_size_multiple(autoencoder: nn.Module, denoiser: nn.Module) -> int:
+    """Masks (and tiles) must have sides that are a positive multiple of this: the autoencoder's downsampling
+    factor times the denoiser U-Net's (2 per level below the first)."""
+    factor = int(getattr(autoencoder, "downsample_factor", 1))
+    levels = len(getattr(getattr(denoiser, "unet", denoiser), "block_out_channels", ()) or (1,))
+    return factor * 2 ** (levels - 1)
 
 
 class MaskLDMSampler:

@@ -30,6 +30,7 @@ from .plans import (
 __all__ = [
     "DEFAULT_CONCENTRATION",
     "DEFAULT_MIN_FRACTION",
+    "MIN_MASK_SIZE",
     "SECONDARY_RULES",
     "RandomState",
     "ShapeBank",

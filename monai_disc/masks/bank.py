@@ -25,6 +25,7 @@ from monai_disc.transforms.functional import assign_grades, relabel_by_frequency
 
 __all__ = [
     "DEFAULT_MIN_FRACTION",
+    "MIN_MASK_SIZE",
     "RandomState",
     "ShapeBank",
     "drawable_labels",
@@ -38,6 +39,8 @@ RandomState = Union[np.random.Generator, np.random.RandomState]  # noqa: UP007 (
 #: Connected regions smaller than this fraction of a mask are specks (JPEG noise at boundaries), not
 #: drawings: 8 px of a 64 px toy tile, 524 px (about 23 x 23) of a 512 px SICAPv2 tile.
 DEFAULT_MIN_FRACTION: float = 0.002
+#: Smallest side of a mask file a shape is taken from: a smaller one holds no drawing to reuse.
+MIN_MASK_SIZE: int = 16
 
 _BANK_FORMAT = 1
 
@@ -211,9 +214,10 @@ class ShapeBank:
         size: int | Sequence[int] | None = None,
         mask_values: Sequence[float] = SICAPV2_MASK_VALUES,
         mask_labels: Sequence[int] = tuple(SICAPV2_VALUE_TO_LABEL[v] for v in SICAPV2_MASK_VALUES),
-        max_distance: float = 2.0,
+        max_distance: float | None = None,
         min_fraction: float = DEFAULT_MIN_FRACTION,
         progress: bool = False,
+        min_size: int = MIN_MASK_SIZE,
     ) -> ShapeBank:
         """Bank of the mask files of a data list, e.g. :func:`monai_disc.data.load_sicapv2`'s.
 
@@ -231,12 +235,14 @@ class ShapeBank:
             mask_values, mask_labels, max_distance: see :class:`~monai_disc.transforms.SnapMaskToLabels`.
             min_fraction: see :meth:`from_masks`.
             progress: show a progress bar.
+            min_size: smallest side of a mask file (a smaller one holds no drawing to reuse).
 
         Raises:
-            ValueError: no item with a mask, an unreadable mask or values far from `mask_values`
-                (the message names the file), masks of different sizes without `size`.
-            FileNotFoundError: a mask file that does not exist.
+            ValueError: no item with a mask, or masks of different sizes without `size`.
+            monai_disc.errors.FailedFilesError: masks that are missing, unreadable, smaller than `min_size` or hold
+                values no label maps to; every bad file is listed with its problem, and no bank is made.
         """
+        from monai_disc.errors import collect, raise_failures
         from monai_disc.transforms.array import LoadPILImage, SnapMaskToLabels
 
         items = [d for d in data if d.get(mask_key) is not None]
@@ -245,13 +251,27 @@ class ShapeBank:
         load = LoadPILImage(mode="L")
         snap = SnapMaskToLabels(mask_values, mask_labels, max_distance)
         ids = [str(d[id_key]) if id_key is not None else Path(str(d[mask_key])).stem for d in items]
-        iterator: Iterable[Mapping[str, Any]] = items
+        iterator: Iterable[tuple[Mapping[str, Any], str]] = zip(items, ids)
         if progress:
             from tqdm import tqdm
 
-            iterator = tqdm(items, desc="shape bank", unit="mask")
-        masks = (snap(load(d[mask_key])) for d in iterator)
-        return cls.from_masks(masks, ids, size, min_fraction)
+            iterator = tqdm(iterator, total=len(items), desc="shape bank", unit="mask")
+        shapes: list[np.ndarray] = []
+        kept: list[str] = []
+        failures: dict[str, str] = {}
+        for item, source_id in iterator:  # every mask is checked, so one run names every bad file
+            path = str(item[mask_key])
+            try:
+                mask = snap(load(path))
+                h, w = mask.shape[-2:]
+                if min(h, w) < min_size:
+                    raise ValueError(f"{path}: the mask is {h}x{w} px; a shape needs at least {min_size} px a side")
+                shapes.append(cls._shape_of(mask, size, path, min_fraction))
+                kept.append(source_id)
+            except (OSError, ValueError) as err:
+                collect(failures, path, err)
+        raise_failures(failures, done=f"{len(kept)} of {len(items)} masks are good; no shape bank was made")
+        return cls.from_masks(shapes, kept, None, 0.0)
 
     # storage -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

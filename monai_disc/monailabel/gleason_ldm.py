@@ -32,7 +32,7 @@ from monai_disc.monailabel.task_params import SERVER_KEYS, as_float, as_int, bun
 from monai_disc.transforms import LoadPILImaged, SnapMaskToLabelsd
 from monai_disc.visualize import save_picture, to_uint8
 
-__all__ = ["MASK_VALUE_SETS", "GleasonLDMConfig", "GleasonLDMInfer", "load_generator", "mask_size_multiple"]
+__all__ = ["MASK_VALUE_SETS", "GleasonLDMConfig", "GleasonLDMInfer", "load_generator"]
 
 #: named mask encodings: stored values of NC, GG3, GG4, GG5, and the tolerated distance to them
 MASK_VALUE_SETS: dict[str, tuple[tuple[int, ...], float]] = {
@@ -53,14 +53,6 @@ def load_generator(name: str, bundles: str | os.PathLike, *, num_inference_steps
     from monai_disc.inferers import load_generator as registry_load
 
     return registry_load(name, bundles, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-
-
-def mask_size_multiple(generator: Any) -> int:
-    """The number mask sides must be a multiple of: autoencoder downsampling x 2 per denoiser U-Net downsampling."""
-    factor = int(getattr(generator.autoencoder, "downsample_factor", 1))
-    unet = getattr(generator.denoiser, "unet", generator.denoiser)
-    levels = len(getattr(unet, "block_out_channels", (0,)))
-    return factor * 2 ** max(levels - 1, 0)
 
 
 def _mask_values(value: Any) -> tuple[tuple[float, ...], float]:
@@ -162,7 +154,7 @@ class GleasonLDMInfer(BasicInferTask):
         mask = torch.as_tensor(data["image"]).reshape(data["image"].shape[-2:]).long()
         with self._lock:  # a sampler's scheduler holds its timestep grid: one sampling at a time
             generator = self.generator(params["generator"], params["num_inference_steps"], params["guidance_scale"])
-            multiple = mask_size_multiple(generator)
+            multiple = generator.size_multiple
             h, w = mask.shape
             if h % multiple or w % multiple or max(h, w) > self.max_size:
                 raise ValueError(

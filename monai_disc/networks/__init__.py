@@ -23,7 +23,7 @@ from .features import FeatureBagDataset, FeatureExtractor, build_extractor, extr
 from .mask_encoder import MaskEncoder
 from .nystrom import NystromAttention, moore_penrose_iter_pinv
 from .transmil import PPEG, TransLayer, TransMIL, pad_to_square, transmil_toy
-from .weights import load_network
+from .weights import WeightsError, load_weights, read_state_dict
 
 __all__ = [
     "FeatureBagDataset",
@@ -53,5 +53,7 @@ __all__ = [
     "load_compvis_vq_f4",
     "vq_f4",
     "vq_f4_toy",
-    "load_network",
+    "WeightsError",
+    "load_weights",
+    "read_state_dict",
 ]

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution, SubpixelUpsample
 from monai.networks.utils import icnr_init
 
+from monai_disc.networks.weights import load_weights
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -120,23 +122,12 @@ class SkipSumUpBlock(nn.Module):
         return self.fuse(self.up(x) + self.skip_norm(skip))
 
 
-def _strip_common_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    changed = True
-    while changed and state:
-        changed = False
-        for prefix in _KEY_PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                changed = True
-    return state
-
-
 def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     """Load a local ResNet state dict into a timm ``features_only`` ResNet encoder.
 
     Accepts torchvision and timm key names (they agree for ResNets), a nested ``state_dict`` /
     ``model`` entry, and common wrapper prefixes (``module.``, ``encoder.``, ``backbone.``);
-    classifier weights (``fc.*``) are ignored.
+    classifier weights (``fc.*``) are ignored. Read through :func:`monai_disc.networks.weights.load_weights`.
 
     Args:
         encoder: the encoder to fill (``CarcinoNet.encoder``).
@@ -147,44 +138,11 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         ValueError: when the file is not a state dict or its keys/shapes do not fit the encoder;
             the message names the file and the first mismatches.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder weight file not found: {path}")
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for non-checkpoint files
-        raise ValueError(f"{path}: cannot be read as a torch state dict ({type(e).__name__}: {e}).") from e
-    for nested in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(nested), Mapping):
-            obj = obj[nested]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors (ResNet weights), got {type(obj).__name__}.")
-    state = _strip_common_prefixes(dict(obj))
-    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
-
-    own = encoder.state_dict()
-    # Old checkpoints lack BN batch counters; they carry no learnt information.
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        for name, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", mismatched),
-        ):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{len(items)} {name}: {items[:5]}{more}")
-        raise ValueError(f"{path}: does not fit the CarcinoNet encoder; " + "; ".join(parts) + ".")
-    for k, v in own.items():  # keep the encoder's own counters where the file has none
-        state.setdefault(k, v)
-    encoder.load_state_dict(state, strict=True)
+    was_training = encoder.training
+    load_weights(
+        encoder, path, ignore=_CLASSIFIER_PREFIXES, strip_prefixes=_KEY_PREFIXES, what="the CarcinoNet encoder"
+    )
+    encoder.train(was_training)
 
 
 class CarcinoNet(nn.Module):

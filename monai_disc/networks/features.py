@@ -22,7 +22,8 @@ The Lunit files (Kang et al., CVPR 2023) are ``dino_vit_small_patch16_ep200.torc
 Cached bags (:func:`extract_bag_features`) are laid out as::
 
     out_dir/
-      extractor.json      the extractor's name and width: a cache is never extended by another extractor
+      settings.json       extractor (name, width, normalisation, weights digest), dtype and bag listing: a cache is
+                          resumed only with the same ones (monai_disc.io.job_settings)
       <slide_id>.pt       {"features": (N, D), "label": (4,) multi-hot, "source", "slide_id", "n_tiles"}
       manifest.csv        slide_id, file, source, n_tiles, NC, GG3, GG4, GG5; written once every slide is there
 
@@ -34,6 +35,7 @@ the manifest (no collective, as :func:`monai_disc.apps.generate_slides.generate_
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -50,15 +52,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from monai_disc.bundles import CARCINONET_WEIGHTS, bundle_file
-from monai_disc.io import atomic_torch_save, atomic_write_text
+from monai_disc.errors import failure_message, raise_failures
+from monai_disc.io import atomic_torch_save, atomic_write_text, job_settings
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES
 from monai_disc.networks.carcinonet import (
+    _KEY_PREFIXES,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    _strip_common_prefixes,
     carcinonet_toy,
     load_encoder_weights,
 )
+from monai_disc.networks.weights import load_weights, read_state_dict
 
 __all__ = [
     "DEFAULT_CARCINONET_WEIGHTS",
@@ -82,10 +86,7 @@ DEFAULT_EXTRACTOR = "carcinonet_toy"
 # The toy CarcinoNet the carcinonet bundle trains (a plain state dict of the whole network).
 DEFAULT_CARCINONET_WEIGHTS = bundle_file(CARCINONET_WEIGHTS)
 FEATURE_MANIFEST = "manifest.csv"
-_EXTRACTOR_INFO = "extractor.json"
 _CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.")
-_NESTED_KEYS = ("state_dict", "model", "network", "teacher")
-_MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class FeatureExtractor(nn.Module):
         std: per-channel standard deviation in [0, 1] units.
         input_size: square side to resize tiles to (bilinear, antialiased) when they differ; None keeps them.
         name: the extractor's name, recorded with cached features.
+        min_size: smallest tile side accepted (one 16 px ViT patch; a ResNet's stem alone reduces by 4).
 
     Raises:
         ValueError: for a mean/std that is not 3 values, a non-positive std or input size.
@@ -141,6 +143,7 @@ class FeatureExtractor(nn.Module):
         std: Sequence[float],
         input_size: int | None = None,
         name: str = "",
+        min_size: int = 16,
     ) -> None:
         super().__init__()
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -151,6 +154,7 @@ class FeatureExtractor(nn.Module):
         self.num_features = int(num_features)
         self.input_size = None if input_size is None else int(input_size)
         self.name = name
+        self.min_size = int(min_size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -176,10 +180,15 @@ class FeatureExtractor(nn.Module):
             (B, num_features) float features.
 
         Raises:
-            ValueError: for a tensor that is not (B, 3, H, W).
+            ValueError: for a tensor that is not (B, 3, H, W), or tiles under ``min_size`` px a side.
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{self.name or 'FeatureExtractor'} expects tiles (B, 3, H, W), got {tuple(x.shape)}.")
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(
+                f"{self.name or 'FeatureExtractor'} needs tiles of at least {self.min_size} px a side, "
+                f"got {tuple(x.shape[-2:])}."
+            )
         x = (x.to(self.mean.dtype) + 1.0) * 0.5
         side = self.input_size
         if side is not None and tuple(x.shape[-2:]) != (side, side):
@@ -198,57 +207,14 @@ class _PooledEncoder(nn.Module):
         return self.encoder(x)[-1].mean(dim=(-2, -1))
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A local weight file as a flat state dict: nested entries unwrapped, wrapper prefixes stripped."""
-    if not path.is_file():
-        raise FileNotFoundError(f"extractor weight file not found: {path}")
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for files that are not checkpoints
-        raise ValueError(f"{path}: cannot be read as a torch state dict ({type(err).__name__}: {err}).") from err
-    for nested in _NESTED_KEYS:
-        if isinstance(obj, Mapping) and isinstance(obj.get(nested), Mapping):
-            obj = obj[nested]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}.")
-    return _strip_common_prefixes(dict(obj))
-
-
-def _listed(items: list[str]) -> str:
-    more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-    return f"{items[:_MAX_LISTED]}{more}"
-
-
 def _load_strict(module: nn.Module, path: Path, what: str) -> None:
     """Load a weight file into ``module``, ignoring classifier keys it lacks; errors name the file."""
-    own = module.state_dict()
-    state = {k: v for k, v in _read_state_dict(path).items() if k in own or not k.startswith(_CLASSIFIER_PREFIXES)}
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = [
-            f"{len(items)} {label}: {_listed(items)}"
-            for label, items in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches", mismatched),
-            )
-            if items
-        ]
-        raise ValueError(f"{path}: does not fit {what}; " + "; ".join(parts) + ".")
-    for k, v in own.items():  # BN batch counters absent from old files carry no learnt information
-        state.setdefault(k, v)
-    module.load_state_dict(state, strict=True)
+    load_weights(module, path, ignore=_CLASSIFIER_PREFIXES, strip_prefixes=_KEY_PREFIXES, what=what)
 
 
 def _carcinonet_extractor(weights: Path, input_size: int | None) -> FeatureExtractor:
     net = carcinonet_toy()
-    state = _read_state_dict(weights)
+    state = read_state_dict(weights, strip_prefixes=_KEY_PREFIXES)
     if any(k.startswith(("bridge.", "decoder.", "head.")) for k in state):
         _load_strict(net, weights, "the toy CarcinoNet (carcinonet_toy)")
     else:  # an encoder-only file (ResNet names)
@@ -318,6 +284,7 @@ def build_extractor(
             cfg["std"] if std is None else std,
             extractor.input_size,
             extractor.name,
+            extractor.min_size,
         )
     extractor.requires_grad_(False)
     return extractor.eval()
@@ -344,34 +311,62 @@ def _check_slide_ids(bags: Sequence[Mapping]) -> None:
         seen.add(sid)
 
 
-def _check_extractor_info(out: Path, extractor: FeatureExtractor) -> None:
-    """Record which extractor fills ``out``; refuse to mix two extractors in one cache."""
-    info = {"name": extractor.name, "num_features": extractor.num_features}
-    path = out / _EXTRACTOR_INFO
-    if path.is_file():
-        try:
-            found = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: cannot be read as JSON ({err}).") from err
-        if found != info:
-            raise ValueError(f"{path}: this cache holds features of {found}, not of {info}; use another out_dir.")
-    else:
-        atomic_write_text(path, json.dumps(info, indent=1) + "\n")
+def _state_digest(module: nn.Module) -> str:
+    """A short digest of a module's weights: a cache records which weights made its features."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _cache_settings(bags: Sequence[Mapping], extractor: FeatureExtractor, dtype: torch.dtype) -> dict[str, Any]:
+    """What a feature cache depends on: the extractor (name, width, normalisation, weights), dtype and the bags."""
+    listing = hashlib.sha256()
+    for bag in bags:
+        listing.update(json.dumps([str(bag["slide_id"]), [str(t) for t in bag["tiles"]]]).encode())
+    cfg = extractor.pretrained_cfg
+    return {
+        "extractor": extractor.name,
+        "num_features": extractor.num_features,
+        "mean": [round(v, 8) for v in cfg["mean"]],
+        "std": [round(v, 8) for v in cfg["std"]],
+        "input_size": extractor.input_size,
+        "weights": _state_digest(extractor),
+        "dtype": str(dtype).replace("torch.", ""),
+        "bags": f"{len(bags)} slides, listing {listing.hexdigest()[:16]}",
+    }
 
 
 class _TileList(Dataset):
-    """(tile, slide index) pairs of the pending slides, in order, so batches may span slides."""
+    """(tile, slide index, path, error) of the pending slides, in order, so batches may span slides.
 
-    def __init__(self, items: list[tuple[int, Any]], loader: Callable[[Any], torch.Tensor]) -> None:
+    A tile that cannot be read, or is smaller than ``min_size``, comes back as (None, slide, path, message): one
+    bad file fails its slide, not the job.
+    """
+
+    def __init__(self, items: list[tuple[int, Any]], loader: Callable[[Any], torch.Tensor], min_size: int) -> None:
         self.items = items
         self.loader = loader
+        self.min_size = min_size
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str, str | None]:
         slide, path = self.items[index]
-        return torch.as_tensor(self.loader(path)), slide
+        try:
+            tile = torch.as_tensor(self.loader(path))
+        except Exception as err:  # any reader error fails this tile only; the message names the file
+            return None, slide, path, failure_message(err)
+        if min(tile.shape[-2:]) < self.min_size:
+            h, w = tile.shape[-2:]
+            return None, slide, path, f"{path}: the tile is {h}x{w} px; the extractor needs at least {self.min_size} px"
+        return tile, slide, path, None
+
+
+def _as_list(batch: list) -> list:  # keep items apart: tiles of other sizes and failures cannot be stacked
+    return batch
 
 
 def feature_manifest(bags: Sequence[Mapping], out_dir: str | os.PathLike) -> list[dict]:
@@ -411,6 +406,7 @@ def extract_bag_features(
     dtype: torch.dtype = torch.float16,
     loader: Callable[[str], torch.Tensor] | None = None,
     num_workers: int = 0,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Embed every tile of every bag once and cache one feature file per slide (resumable, rank-sharded).
 
@@ -428,15 +424,17 @@ def extract_bag_features(
             paths). Tiles that are dicts (slide coordinates, :func:`monai_disc.data.wsi.load_wsi_bags`) are passed
             as they are, e.g. to :class:`monai_disc.data.wsi.SlideTileLoader`.
         num_workers: DataLoader workers that read tiles.
+        overwrite: start the cache over instead of resuming it (see :func:`monai_disc.io.job_settings`).
 
     Returns:
         The manifest of all ``bags`` (see :func:`feature_manifest`); ``manifest.csv`` is written once every
         slide's file exists (by this or another rank).
 
     Raises:
-        ValueError: bad bags (missing keys, duplicate or unsafe slide ids, no tile, wrong label size), a cache
-            filled by another extractor, or a tile batch the extractor rejects.
-        FileNotFoundError: a tile that cannot be read (raised by the loader, naming the file).
+        ValueError: bad bags (missing keys, duplicate or unsafe slide ids, no tile, wrong label size), or a cache
+            made with other settings (another extractor, weights, dtype or bags; the message names them).
+        monai_disc.errors.FailedFilesError: tiles that cannot be read or are under the extractor's ``min_size``,
+            each named with its problem, raised after every other slide is cached (theirs are not).
     """
     from monai_disc.data.tilesets import tile_loader
     from monai_disc.distributed import resolve_rank
@@ -446,8 +444,7 @@ def extract_bag_features(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     rank, world_size = resolve_rank(rank, world_size)
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    _check_extractor_info(out, extractor)
+    job_settings(out, _cache_settings(bags, extractor, dtype), overwrite=overwrite)
     manifest = feature_manifest(bags, out)
 
     mine = list(range(rank, len(bags), world_size))
@@ -457,28 +454,47 @@ def extract_bag_features(
         extractor = extractor.to(device)
     run_device = next(iter(extractor.buffers())).device
     extractor.eval()
+    failures: dict[str, str] = {}
+    failed_slides: set[int] = set()
 
     if items:
         from tqdm.auto import tqdm
 
         tiles = DataLoader(
-            _TileList(items, loader or tile_loader()), batch_size=batch_size, shuffle=False, num_workers=num_workers
+            _TileList(items, loader or tile_loader(), extractor.min_size),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=_as_list,
         )
         done: dict[int, list[torch.Tensor]] = {i: [] for i in pending}
         counts = {i: 0 for i in pending}
         bar = tqdm(total=len(items), desc=f"features rank {rank}/{world_size}", unit="tile", disable=not progress)
         with torch.inference_mode():
-            for batch, slides in tiles:
-                feats = extractor(batch.to(run_device)).to("cpu", dtype)
-                for slide in torch.unique_consecutive(slides).tolist():
-                    part = feats[slides == slide]
-                    done[slide].append(part)
-                    counts[slide] += len(part)
+            for batch in tiles:
+                feats: list[torch.Tensor | None] = [None] * len(batch)
+                by_size: dict[tuple[int, ...], list[int]] = {}
+                for j, (tile, slide, path, error) in enumerate(batch):
+                    if error is not None:
+                        failures[path] = error
+                        failed_slides.add(slide)
+                    else:
+                        by_size.setdefault(tuple(tile.shape), []).append(j)
+                for group in by_size.values():  # tiles of one size embed together
+                    stacked = torch.stack([batch[j][0] for j in group]).to(run_device)
+                    for j, f in zip(group, extractor(stacked).to("cpu", dtype)):
+                        feats[j] = f
+                for j, (_, slide, _, _) in enumerate(batch):
+                    if slide in failed_slides:
+                        done.pop(slide, None)
+                        continue
+                    done[slide].append(feats[j])
+                    counts[slide] += 1
                     if counts[slide] == len(bags[slide]["tiles"]):
                         entry = manifest[slide]
                         atomic_torch_save(
                             {
-                                "features": torch.cat(done.pop(slide)).contiguous(),
+                                "features": torch.stack(done.pop(slide)).contiguous(),
                                 "label": torch.as_tensor(entry["label"]),
                                 "source": entry["source"],
                                 "slide_id": entry["slide_id"],
@@ -491,6 +507,11 @@ def extract_bag_features(
 
     if all(Path(e["features"]).is_file() for e in manifest):
         _write_manifest(out, manifest)
+    written = sum(Path(manifest[i]["features"]).is_file() for i in mine)
+    raise_failures(
+        failures,
+        done=f"{written} of {len(mine)} slides cached in {out}; the {len(failed_slides)} with bad tiles are not",
+    )
     return manifest
 
 

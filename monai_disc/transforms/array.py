@@ -13,7 +13,14 @@ from monai.data import MetaTensor, PILReader
 from monai.transforms import LoadImage, Randomizable, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
-from monai_disc.labels import NUM_CLASSES, SICAPV2_MASK_VALUES, SICAPV2_VALUE_TO_LABEL
+from monai_disc.labels import (
+    MASK_JPEG_NOISE_FRACTION,
+    MASK_JPEG_OVERSHOOT,
+    MASK_JPEG_TOLERANCE,
+    NUM_CLASSES,
+    SICAPV2_MASK_VALUES,
+    SICAPV2_VALUE_TO_LABEL,
+)
 from monai_disc.transforms.functional import (
     assign_grades,
     label_masks_at_size,
@@ -91,23 +98,23 @@ class LoadPILImage(Transform):
 class SnapMaskToLabels(Transform):
     """Stored mask values -> labels by nearest valid value, e.g. a JPEG-noisy SICAPv2 mask (0/3/4/5) -> 0..3.
 
-    JPEG moves mask values by a few grey levels near edges, so exact lookup fails; snapping to the nearest
-    valid value undoes that. A pixel farther than `max_distance` from every valid value (say 10 or 200)
-    means the file is not a mask of this kind, and is an error rather than a silent label.
-
-    The default `max_distance` of 2 accepts every value between the SICAPv2 values (at most 1.5 away)
-    and overshoot up to 7, and rejects an 8-bit picture or a 0/255 binary mask. Use
-    `values=(0, 1, 2, 3), max_distance=0` to only validate masks that already hold labels (lossless PNG).
+    A value no Gleason label maps to is an error naming the file, the value and its pixel count, never a
+    label. By default (`max_distance=None`) the tolerance follows the file the mask came from (MetaTensor
+    `filename_or_obj`): lossless masks (PNG, TIFF, arrays) must hold valid values exactly; JPEG masks keep a
+    tolerance for compression noise (:data:`monai_disc.labels.MASK_JPEG_TOLERANCE`: every value within 1 grey
+    level of a valid one, so 0..6 for SICAPv2; values up to :data:`~monai_disc.labels.MASK_JPEG_OVERSHOOT` away
+    only while they cover at most :data:`~monai_disc.labels.MASK_JPEG_NOISE_FRACTION` of the mask, as
+    overshoot at edges does). So value 5 in a 0..3 PNG mask and a region of 7 in a SICAPv2 JPEG are errors.
 
     Args:
         values: the valid stored values.
         labels: label of each value.
-        max_distance: largest tolerated |pixel - nearest valid value|.
+        max_distance: largest tolerated |pixel - nearest valid value| for every mask; None: by file type, as above.
         dtype: output dtype (integer).
 
     Raises:
-        ValueError: pixels too far from every valid value; the message names the file (from MetaTensor
-            metadata when present), the pixel count and the offending values.
+        ValueError: values no label maps to; the message names the file (from MetaTensor metadata when present),
+            each such value and its pixel count.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -116,20 +123,33 @@ class SnapMaskToLabels(Transform):
         self,
         values: Sequence[float] = SICAPV2_MASK_VALUES,
         labels: Sequence[int] = tuple(SICAPV2_VALUE_TO_LABEL[v] for v in SICAPV2_MASK_VALUES),
-        max_distance: float = 2.0,
+        max_distance: float | None = None,
         dtype: DtypeLike | torch.dtype = torch.int64,
     ) -> None:
         if len(values) != len(labels) or not values:
             raise ValueError(f"values {tuple(values)} and labels {tuple(labels)} must be non-empty, equal length")
-        if max_distance < 0:
-            raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+        if max_distance is not None and max_distance < 0:
+            raise ValueError(f"max_distance must be >= 0 or None, got {max_distance}")
         self.values = tuple(values)
         self.labels = tuple(int(v) for v in labels)
-        self.max_distance = float(max_distance)
+        self.max_distance = None if max_distance is None else float(max_distance)
         self.dtype = dtype
 
+    @staticmethod
+    def tolerance(name: str) -> dict[str, float | None]:
+        """The default tolerance for a mask read from file `name` (keyword arguments of `snap_to_labels`)."""
+        if name.lower().endswith((".jpg", ".jpeg")):
+            return {
+                "max_distance": MASK_JPEG_TOLERANCE,
+                "noise_distance": MASK_JPEG_OVERSHOOT,
+                "noise_fraction": MASK_JPEG_NOISE_FRACTION,
+            }
+        return {"max_distance": 0.0}
+
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        out = snap_to_labels(img, self.values, self.labels, self.max_distance, name=source_name(img))
+        name = source_name(img)
+        tolerance = self.tolerance(name) if self.max_distance is None else {"max_distance": self.max_distance}
+        out = snap_to_labels(img, self.values, self.labels, name=name, **tolerance)
         return convert_to_dst_type(out, img, dtype=self.dtype)[0]
 
 

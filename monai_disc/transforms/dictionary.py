@@ -70,7 +70,7 @@ class SnapMaskToLabelsd(MapTransform):
         keys: KeysCollection,
         values: Sequence[float] = SICAPV2_MASK_VALUES,
         labels: Sequence[int] = tuple(SICAPV2_VALUE_TO_LABEL[v] for v in SICAPV2_MASK_VALUES),
-        max_distance: float = 2.0,
+        max_distance: float | None = None,
         dtype: DtypeLike | torch.dtype = torch.int64,
         allow_missing_keys: bool = False,
     ) -> None:

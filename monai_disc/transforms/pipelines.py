@@ -22,7 +22,7 @@ def tile_transforms(
     mask_key: str | None = "mask",
     mask_values: Sequence[float] = tuple(range(NUM_CLASSES)),
     mask_labels: Sequence[int] = tuple(range(NUM_CLASSES)),
-    max_distance: float = 0.0,
+    max_distance: float | None = None,
     spatial_size: int | Sequence[int] | None = None,
 ) -> Compose:
     """Load an RGB tile and its grayscale mask, check they match, map mask values to labels, scale to [-1, 1].
@@ -31,7 +31,8 @@ def tile_transforms(
         image_key: key of the tile path.
         mask_key: key of the mask path; None for tiles without masks.
         mask_values: values stored in mask files; `mask_labels`: the label of each.
-        max_distance: tolerance of stored mask values (see :class:`monai_disc.transforms.SnapMaskToLabels`).
+        max_distance: tolerance of stored mask values; None: exact for lossless files, the JPEG tolerance for
+            JPEG masks (see :class:`monai_disc.transforms.SnapMaskToLabels`).
         spatial_size: resize both to this (h, w) or square size after the checks (tile: area averaging,
             mask: nearest); None keeps the file size.
 
@@ -57,10 +58,11 @@ def tile_transforms(
 def sicapv2_tile_transforms(
     image_key: str = "image",
     mask_key: str | None = "mask",
-    max_distance: float = 2.0,
+    max_distance: float | None = None,
     spatial_size: int | Sequence[int] | None = None,
 ) -> Compose:
-    """:func:`tile_transforms` for SICAPv2 (and the toy data): JPEG masks storing 0/3/4/5, snapped to 0..3."""
+    """:func:`tile_transforms` for SICAPv2 (and the toy data): JPEG masks storing 0/3/4/5, snapped to 0..3
+    within the JPEG tolerance (:class:`monai_disc.transforms.SnapMaskToLabels`)."""
     return tile_transforms(
         image_key,
         mask_key,
@@ -75,4 +77,4 @@ def folder_tile_transforms(
     image_key: str = "image", mask_key: str | None = "mask", spatial_size: int | Sequence[int] | None = None
 ) -> Compose:
     """:func:`tile_transforms` for :func:`monai_disc.data.folder.load_folder`: PNG masks holding 0..3 exactly."""
-    return tile_transforms(image_key, mask_key, max_distance=0.0, spatial_size=spatial_size)
+    return tile_transforms(image_key, mask_key, spatial_size=spatial_size)

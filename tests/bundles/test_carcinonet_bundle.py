@@ -225,7 +225,11 @@ def test_inference_writes_label_maps_and_skips_finished_tiles(trained, toy_root)
     names = sorted(os.listdir(toy_root / "images"))[:3]
     for name in names:
         (tiles / name).write_bytes((toy_root / "images" / name).read_bytes())
-    done = out / "labels" / f"{Path(names[0]).stem}.png"  # a tile an earlier, killed run finished
+    # an earlier, killed run with the same weights and tiles: its settings record, and one tile it finished
+    from monai_disc.engines.bundle import bundle_settings
+
+    bundle_settings(out, {"dataset_dir": str(tiles)}, {"model": trained["run"] / "models" / "model.pt"})
+    done = out / "labels" / f"{Path(names[0]).stem}.png"
     done.parent.mkdir(parents=True)
     Image.fromarray(np.full((TOY_PX, TOY_PX), 2, dtype=np.uint8)).save(done)
     _bundle(_common(INFERENCE, tiles, out, trained["run"] / "models"), cwd=trained["work"])

@@ -210,7 +210,10 @@ def test_real_data_folder_is_never_replaced_but_an_older_toy_build_is(tmp_path):
 
     root = make_toy_sicapv2(tmp_path / "toy", seed=0, **tiny)
     first = sorted(p.name for p in (root / "images").iterdir())
-    make_toy_sicapv2(root, seed=1, **tiny)
+    with pytest.raises(ValueError, match=r"toy holds outputs made with other settings \(seed: 0 -> 1\)"):
+        make_toy_sicapv2(root, seed=1, **tiny)
+    assert sorted(p.name for p in (root / "images").iterdir()) == first  # nothing touched
+    make_toy_sicapv2(root, seed=1, overwrite=True, **tiny)
     assert is_complete(root, seed=1) and not is_complete(root, seed=0)
     second = sorted(p.name for p in (root / "images").iterdir())
     assert not set(first) & set(second)  # the old build's tiles are gone
@@ -287,3 +290,58 @@ def test_panda_slides_alternate_providers_with_karolinska_masks(tmp_path):
         assert red == ({0, 1} if score == "0+0" else {0, 1, 2}), (score, red)  # benign 1, cancer 2, no grades
     with pytest.raises(ValueError, match="providers"):
         make_toy_panda(tmp_path / "bad", n_slides=1, size=(256, 256), providers=("leiden",))
+
+
+_BUILD = """
+import sys
+from monai_disc.data.toy import make_toy_sicapv2
+make_toy_sicapv2(sys.argv[1], n_slides=40, tile_size=128, n_wsi=2, num_workers=2)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_drawing_workers_end_when_the_build_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    build = subprocess.Popen([sys.executable, "-c", _BUILD, str(tmp_path / "toy")])
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and len(workers) < 2:  # the pool's workers (and its resource tracker)
+            workers = _children(build.pid)
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the build never started its workers"
+        time.sleep(2.0)  # workers are drawing
+        build.send_signal(signal.SIGKILL)
+        build.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in workers if Path(f"/proc/{p}").exists() and _state(p) != "Z"]
+            time.sleep(0.2)
+        assert not alive, f"workers {alive} outlived the killed build"
+    finally:
+        build.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

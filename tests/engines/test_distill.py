@@ -49,6 +49,7 @@ def test_sets_are_the_separated_latents_of_their_seeds_in_shards_with_a_manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "manifest.csv",
         "manifest.json",
+        "settings.json",
         "shard_00000.pt",
         "shard_00001.pt",
         "shard_00002.pt",
@@ -120,11 +121,15 @@ def test_ranks_write_disjoint_shards_that_together_make_the_whole_set(tmp_path, 
         distributed_rank(2, 2)
 
 
-def test_a_folder_of_another_set_is_refused_naming_the_manifest(tmp_path):
+def test_a_folder_of_another_set_is_refused_naming_the_settings_and_overwrite_starts_over(tmp_path):
     net = tiny_denoiser()
     _write(tmp_path, net, n_sets=2)
-    with pytest.raises(ValueError, match=r"manifest.json describes another distillation set \(n_sets: 2 -> 5"):
+    with pytest.raises(ValueError, match=r"other settings \(n_sets: 2 -> 5\)"):
         _write(tmp_path, net)
+    assert sorted(p.name for p in tmp_path.glob("shard_*")) == ["shard_00000.pt"]  # nothing was touched
+    summary = _write(tmp_path, net, overwrite=True)
+    assert summary["written"] == ["shard_00000.pt", "shard_00001.pt", "shard_00002.pt"]
+    assert DistillationSet(tmp_path).manifest["n_sets"] == 5
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         DistillationSet(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="image_size"):

@@ -155,8 +155,11 @@ def test_overlay_grid_saver_draws_tile_truth_prediction_rows(tmp_path):
     saver = OverlayGridSaver(tmp_path / "grid.png", num_tiles=2)
     _run(outputs, [saver])
     pic = np.asarray(Image.open(tmp_path / "grid.png"))
-    assert pic.shape == (14 + 2 * 5 + 3 * 2, 3 * 5 + 4 * 2, 3)  # 2 rows, 3 columns, titles, 2 px padding
-    cell = lambda r, c: pic[14 + 2 + r * 7 : 14 + 2 + r * 7 + 5, 2 + c * 7 : 2 + c * 7 + 5]  # noqa: E731
+    from monai_disc.visualize import legend, text_size
+
+    head, below = int(1.4 * text_size(5)), legend(3 * 5 + 4 * 2, text_size(5)).height  # titles; colour legend
+    assert pic.shape == (head + 2 * 5 + 3 * 2 + below, 3 * 5 + 4 * 2, 3)  # 2 rows, 3 columns, 2 px padding
+    cell = lambda r, c: pic[head + 2 + r * 7 : head + 2 + r * 7 + 5, 2 + c * 7 : 2 + c * 7 + 5]  # noqa: E731
     np.testing.assert_array_equal(cell(1, 1), overlay(tiles[1], labels[1]))
     np.testing.assert_array_equal(cell(1, 2), overlay(tiles[1], torch.full((5, 5), 3)))
     np.testing.assert_array_equal(cell(0, 2), overlay(tiles[0], torch.full((5, 5), 3)))

@@ -39,4 +39,48 @@ def test_save_grid_writes_cells_in_place(tmp_path):
     assert img[6, 6].tolist() == [255, 255, 255]  # row 1 has one cell: background
     assert [p.name for p in path.parent.iterdir()] == ["grid.png"]  # no temp file left
     titled = np.asarray(Image.open(save_grid([[red, red]], tmp_path / "t.png", titles=["real", "SD"])))
-    assert titled.shape[0] == 14 + 4 + 2 * 2
+    assert titled.shape[0] == int(1.4 * 12) + 4 + 2 * 2  # a 12 px title line: the smallest readable size
+
+
+def test_every_mask_picture_can_carry_a_legend_of_the_four_label_colours(tmp_path):
+    from monai_disc.labels import colorize
+    from monai_disc.visualize import legend
+
+    strip = np.asarray(legend(400, 14))
+    for colour in LABEL_COLORS.values():  # every label's swatch is drawn
+        assert (strip.reshape(-1, 3) == colour).all(axis=1).sum() > 100
+    mask = colorize(np.arange(4).repeat(16).reshape(4, 16).repeat(4, axis=0))
+    plain = np.asarray(Image.open(save_grid([[mask]], tmp_path / "a.png")))
+    with_legend = np.asarray(Image.open(save_grid([[mask]], tmp_path / "b.png", legend_colors=True, title="t", zoom=4)))
+    assert plain.shape == (16 + 4, 16 + 4, 3) and with_legend.shape[1] == 4 * 16 + 4  # cells zoomed 4x
+    assert with_legend.shape[0] > 4 * 16 + 4 + 2 * 12  # a title line above, the legend below
+
+
+def test_label_colours_stay_apart_for_colour_blind_readers():
+    """Smallest CIELAB distance between two label colours, for normal vision and simulated CVD (Machado 2009)."""
+    sims = [
+        np.eye(3),
+        np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]]),
+        np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]]),
+        np.array([[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]]),
+    ]
+
+    def lab(rgb):
+        c = np.asarray(rgb) / 255.0
+        lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+        return lin
+
+    def to_lab(lin):
+        m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+        xyz = (m @ np.clip(lin, 0, 1)) / np.array([0.95047, 1.0, 1.08883])
+        f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+        return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+    colours = [lab(c) for c in LABEL_COLORS.values()]
+    worst = min(
+        np.linalg.norm(to_lab(sim @ a) - to_lab(sim @ b))
+        for sim in sims
+        for i, a in enumerate(colours)
+        for b in colours[i + 1 :]
+    )
+    assert worst > 30, worst  # GG4 (230, 159, 0) and GG5 (213, 94, 0) were 18 apart
