@@ -243,12 +243,9 @@ class SeparatedConditionInferer:
         return (fused, separated) if return_separated else fused
 
     def decode(self, latents: Tensor, autoencoder: nn.Module) -> Tensor:
-        """Tiles (B, 3, H, W) in [-1, 1] from scaled latents, in chunks of the sampler's ``decode_batch_size``."""
-        scale = getattr(autoencoder, "scale_factor", 1.0)
-        chunks = latents.split(self.sampler.decode_batch_size or max(1, latents.shape[0]))
-        with torch.no_grad():
-            tiles = torch.cat([autoencoder.decode_stage_2_outputs(z / scale).float() for z in chunks])
-        return tiles.clamp_(-1.0, 1.0)
+        """Tiles (B, 3, H, W) in [-1, 1] from scaled latents, as the sampler decodes (:meth:`MaskLDMSampler.decode`:
+        chunks of its ``decode_batch_size``, its precision and layout)."""
+        return self.sampler.decode(latents, autoencoder)
 
     @torch.no_grad()
     def sample(
