@@ -308,7 +308,8 @@ class MaskLDMSampler:
         device = next(denoiser.parameters()).device
         noise = self.initial_noise(masks, autoencoder, denoiser, seeds, noise)
 
-        context = denoiser.encode_mask(masks.to(device))
+        with self.autocast(device):
+            context = denoiser.encode_mask(masks.to(device))
         null_context = denoiser.null_context(b) if self.guidance_scale != 1.0 else None
         latents = self.sample_latents(noise, context, denoiser, null_context)
         return self.decode(latents, autoencoder)

@@ -203,7 +203,8 @@ class SeparatedConditionInferer:
         out = noise.new_zeros((b, k, *noise.shape[1:]))
         if rows.numel() == 0:
             return out
-        tokens = denoiser.encode_mask(uniform_masks(k, mask_size, device))  # once per call, K x (N, D)
+        with self.sampler.autocast(device):
+            tokens = denoiser.encode_mask(uniform_masks(k, mask_size, device))  # once per call, K x (N, D)
         sampler = self.sampler if stop is None else self._window(0, stop)
         out[rows, labels] = sampler.sample_latents(noise[rows], tokens[labels], denoiser)
         return out
@@ -236,7 +237,8 @@ class SeparatedConditionInferer:
         separated = self.separated_latents(noise, denoiser, masks.shape[-2:], present, self.fuse_step)
         fused = fuse_latents(separated, masks)
         if self.fuse_step is not None:
-            context = denoiser.encode_mask(masks)
+            with self.sampler.autocast(noise.device):
+                context = denoiser.encode_mask(masks)
             null = denoiser.null_context(1) if self.sampler.guidance_scale != 1.0 else None
             steps = self.sampler.num_inference_steps
             fused = self._window(self.fuse_step, steps).sample_latents(fused, context, denoiser, null)
