@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from monai.networks.schedulers import DDIMScheduler, PNDMScheduler
 
-from monai_disc.compare import held_out_masks
+from monai_disc.compare import held_out_masks, ruler_features, ruler_fid
 from monai_disc.generators import load_weights
 from monai_disc.inferers import LDM_SCHEDULE, MaskLDMSampler, ddim_scheduler
 from monai_disc.metrics import MaskFidelity
@@ -94,18 +94,23 @@ def main() -> None:
     denoiser = load_weights(mask_ldm_toy(), bundles / "gleason_ldm/models/model.pt")
     ruler = load_weights(carcinonet_toy(), bundles / "carcinonet/models/model.pt")
     masks, _ = held_out_masks(args.data, args.masks, size=64)
+    _, reference = held_out_masks(args.data, 256, min_labels=1, size=64)
+    reference_features = ruler_features(ruler, reference, batch_size=32)
 
-    def measure(scheduler: object, steps: int, guidance: float, seeds: list[int]) -> tuple[float, float, float]:
+    def measure(scheduler: object, steps: int, guidance: float, seeds: list[int]) -> tuple[float, float, float, float]:
         sampler = MaskLDMSampler(scheduler, num_inference_steps=steps, guidance_scale=guidance, progress=False)
         fidelity = MaskFidelity(ruler)
         seconds = 0.0
+        drawn = []
         for b in range(0, len(masks), args.batch):
             start = time.perf_counter()
             tiles = sampler.sample(masks[b : b + args.batch], autoencoder, denoiser, seeds=seeds[b : b + args.batch])
             seconds += time.perf_counter() - start
             fidelity(tiles, masks[b : b + args.batch])
+            drawn.append(tiles)
         scores = fidelity.aggregate()
-        return float(scores["miou"]), float(scores["pixel_accuracy"]), seconds / len(masks)
+        fid = ruler_fid(ruler_features(ruler, torch.cat(drawn), batch_size=32), reference_features)
+        return float(scores["miou"]), float(scores["pixel_accuracy"]), seconds / len(masks), float(fid)
 
     print(
         f"{len(masks)} held-out 64 px masks (2+ labels), toy SD, CarcinoNet ruler; {args.seed_sets} seed sets "
@@ -113,10 +118,15 @@ def main() -> None:
     )
     for guidance in args.guidance:
         print(f"\nguidance {guidance:g}\n")
-        print("| scheduler | steps | network calls / tile | mIoU | pixel acc | s/tile | mIoU per s/tile |")
+        print("| scheduler | steps | network calls / tile | mIoU | pixel acc | FID | s/tile |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         plan = [("DDIM linspace (reference)", ddim_scheduler(), args.reference_steps)]
-        plan += [(name, sch, n) for n in args.steps for name, sch in schedulers(n).items()]
+        plan += [
+            (name, sch, n)
+            for n in args.steps
+            for name, sch in schedulers(n).items()
+            if not (n == args.reference_steps and name == "DDIM linspace")
+        ]
         for name, scheduler, n in plan:
             results = [
                 measure(scheduler, n, guidance, list(range(s * 100_000, s * 100_000 + len(masks))))
@@ -125,12 +135,13 @@ def main() -> None:
             miou = [r[0] for r in results]
             acc = sum(r[1] for r in results) / len(results)
             sec = sum(r[2] for r in results) / len(results)
+            fid = sum(r[3] for r in results) / len(results)
             scheduler.set_timesteps(n)
             calls = len(scheduler.timesteps) * (2 if guidance != 1.0 else 1)
             mean = sum(miou) / len(miou)
             spread = (max(miou) - min(miou)) / 2
             print(
-                f"| {name} | {n} | {calls} | {mean:.3f} +- {spread:.3f} | {acc:.3f} | {sec:.3f} | {mean / sec:.1f} |",
+                f"| {name} | {n} | {calls} | {mean:.3f} +- {spread:.3f} | {acc:.3f} | {fid:.2f} | {sec:.3f} |",
                 flush=True,
             )
 
