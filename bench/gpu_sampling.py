@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     if device.type != "cuda":
         print("# CPU run: a check that the script works, NOT a GPU measurement")
-    print(f"# batch {batch} (fits {fit} in {args.mem_gb:g} GB by probe, cap {args.max_batch}); decode {args.decode_batch}")
+    print(
+        f"# batch {batch} (fits {fit} in {args.mem_gb:g} GB by probe, cap {args.max_batch}); decode {args.decode_batch}"
+    )
     print(
         "| variant | steps | batch | s/tile | tiles/s | TFLOP/s | % of peak | peak GB | max diff vs fp32 | "
         "mean diff vs fp32 |"

@@ -7,6 +7,7 @@ with fine-tuned denoiser weights. Every door (CLI, demo, comparison) builds gene
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,11 +36,18 @@ def load_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
 
 
 def load_generator(
-    name: str, bundles: str | Path, steps: int = 50, device: str | torch.device = "cpu", guidance_scale: float = 1.0
+    name: str,
+    bundles: str | Path,
+    steps: int = 50,
+    device: str | torch.device = "cpu",
+    guidance_scale: float = 1.0,
+    **sampler_options: Any,
 ) -> LDMGenerator:
     """A toy-sized generator by name ("sd", "sc", "disc", "cotrain") with the weights shipped in `bundles`.
 
     ``guidance_scale`` is the classifier-free guidance weight (1: plain conditional sampling, the paper's).
+    ``sampler_options`` go to :class:`MaskLDMSampler` (speed: ``dtype``, ``channels_last``, ``compile``,
+    ``compile_options``, ``decode_batch_size``); the default precision is bf16 on CUDA and fp32 on a CPU.
 
     Raises:
         ValueError: for an unknown name.
@@ -51,7 +59,9 @@ def load_generator(
     bundles = Path(bundles)
     autoencoder = load_weights(vq_f4_toy(), bundles / "gleason_ldm" / "models" / "autoencoder.pt").to(device)
     denoiser = load_weights(mask_ldm_toy(), bundles / weights).to(device)
-    sampler = MaskLDMSampler(num_inference_steps=steps, guidance_scale=guidance_scale, progress=False)
+    sampler = MaskLDMSampler(
+        num_inference_steps=steps, guidance_scale=guidance_scale, progress=False, **sampler_options
+    )
     if separated:
         sampler = SeparatedConditionInferer(sampler)
     return LDMGenerator(sampler, autoencoder, denoiser, name=display)

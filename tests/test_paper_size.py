@@ -192,14 +192,15 @@ def test_one_training_iteration_and_a_two_step_tile_at_512_px(compvis, toy512, t
     out = tmp_path / "tiles"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", "['configs/inference.yaml','configs/sicapv2_512.yaml']",
+        "--meta_file", "configs/metadata.json",
+        "--dataset_dir", str(masks), "--output_dir", str(out), "--model_dir", str(models),
+        "--compvis_vq_f4", str(path), "--num_inference_steps", "2", "--batch_size", "1",
+    ]  # fmt: skip
     result = subprocess.run(
-        [
-            sys.executable, "-m", "monai.bundle", "run",
-            "--config_file", "['configs/inference.yaml','configs/sicapv2_512.yaml']",
-            "--meta_file", "configs/metadata.json",
-            "--dataset_dir", str(masks), "--output_dir", str(out), "--model_dir", str(models),
-            "--compvis_vq_f4", str(path), "--num_inference_steps", "2", "--batch_size", "1",
-        ],  # fmt: skip
+        command,
         cwd=BUNDLES / "gleason_ldm",
         env=env,
         capture_output=True,
