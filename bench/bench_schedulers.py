@@ -27,6 +27,7 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.networks.schedulers import DDIMScheduler, PNDMScheduler
 
@@ -65,11 +66,33 @@ class SpacedDDIMScheduler(DDIMScheduler):
         self.timesteps = grid.long().to(device)
 
 
+class RepeatedPLMSScheduler(PNDMScheduler):
+    """MONAI's PLMS (``skip_prk_steps``) with the second timestep repeated, as diffusers' PNDM does.
+
+    MONAI's PLMS spends its second network call re-doing the first step (a Heun correction at the same
+    timestep) but does not repeat that timestep in its grid, so from the third call on the network sees a sample
+    one grid step noisier than the timestep it is told, and the loop ends one step short of t = 0. Repeating the
+    timestep (n + 1 calls for n steps) keeps the sample and the timestep together.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(skip_prk_steps=True, **kwargs)
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        super().set_timesteps(num_inference_steps, device)
+        grid = self._timesteps  # ascending
+        if len(grid) > 1:
+            plms = np.concatenate([grid[:-1], grid[-2:-1], grid[-1:]])[::-1].copy()
+            self.timesteps = torch.from_numpy(plms.astype(np.int64)).to(device)
+        self.num_inference_steps = num_inference_steps  # the step ratio keeps using n, not n + 1
+
+
 def schedulers(steps: int) -> dict[str, object]:
     """The schedulers compared at ``steps`` sampling steps, by row name."""
     ddim = dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1, **LDM_SCHEDULE)
     rows: dict[str, object] = {f"DDIM {s}": SpacedDDIMScheduler(s, **ddim) for s in SPACINGS}
     rows["PNDM (PLMS)"] = PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1, **LDM_SCHEDULE)
+    rows["PLMS, timestep repeated"] = RepeatedPLMSScheduler(set_alpha_to_one=False, steps_offset=1, **LDM_SCHEDULE)
     rows["F-PNDM (Runge-Kutta start)"] = PNDMScheduler(
         skip_prk_steps=False, set_alpha_to_one=False, steps_offset=1, **LDM_SCHEDULE
     )
@@ -86,6 +109,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument("--seed-sets", type=int, default=2, help="noise seed sets (their spread is the noise)")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--only", nargs="+", default=None, help="run only these scheduler rows (and the reference)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -125,7 +149,7 @@ def main() -> None:
             (name, sch, n)
             for n in args.steps
             for name, sch in schedulers(n).items()
-            if not (n == args.reference_steps and name == "DDIM linspace")
+            if not (n == args.reference_steps and name == "DDIM linspace") and (args.only is None or name in args.only)
         ]
         for name, scheduler, n in plan:
             results = [
