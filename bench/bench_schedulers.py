@@ -12,13 +12,16 @@ Timestep grids (1000 training steps, n sampling steps, ratio r = 1000 // n):
   below the next grid point).
 - ``leading``: CompVis / diffusers' default, ``r * (n - 1) + 1, ..., r + 1, 1``: each step lands on the next.
 - ``trailing``: ``999, 999 - r, ..., r - 1``: starts at pure noise, each step lands on the next grid point.
-- ``PNDM``: MONAI's PNDM as PLMS (``skip_prk_steps``, the "leading" grid), one network call per step; ``F-PNDM``
-  with its Runge-Kutta warm-up (4 calls for each of the first 3 steps).
+- ``PNDM``: MONAI's PNDM as PLMS (``skip_prk_steps``, the "leading" grid), one network call per step (its second
+  call re-does the first step without repeating that timestep, so later calls are told a timestep one grid step
+  below their sample's); ``PLMS, timestep repeated``: :func:`monai_disc.inferers.plms_scheduler`, the same with
+  the timestep repeated as CompVis and diffusers do (n + 1 calls); ``F-PNDM`` with its Runge-Kutta warm-up.
 
 Times are seconds per tile on this machine's CPU with one thread (the toy networks); the ratio between rows is
 what carries over to a GPU (the network calls dominate).
 
-    python bench/bench_schedulers.py --data .toy --bundles bundles --masks 64 [--guidance 1 3] [--seed-sets 2]
+    python bench/bench_schedulers.py --data .toy --bundles bundles --masks 64 [--steps 10 20 50] [--guidance 1 3]
+        [--seed-sets 2] [--only "PLMS, timestep repeated"]
 """
 
 from __future__ import annotations
@@ -27,13 +30,12 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.networks.schedulers import DDIMScheduler, PNDMScheduler
 
 from monai_disc.compare import held_out_masks, ruler_features, ruler_fid
 from monai_disc.generators import load_weights
-from monai_disc.inferers import LDM_SCHEDULE, MaskLDMSampler, ddim_scheduler
+from monai_disc.inferers import LDM_SCHEDULE, MaskLDMSampler, ddim_scheduler, plms_scheduler
 from monai_disc.metrics import MaskFidelity
 from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
 
@@ -66,33 +68,12 @@ class SpacedDDIMScheduler(DDIMScheduler):
         self.timesteps = grid.long().to(device)
 
 
-class RepeatedPLMSScheduler(PNDMScheduler):
-    """MONAI's PLMS (``skip_prk_steps``) with the second timestep repeated, as diffusers' PNDM does.
-
-    MONAI's PLMS spends its second network call re-doing the first step (a Heun correction at the same
-    timestep) but does not repeat that timestep in its grid, so from the third call on the network sees a sample
-    one grid step noisier than the timestep it is told, and the loop ends one step short of t = 0. Repeating the
-    timestep (n + 1 calls for n steps) keeps the sample and the timestep together.
-    """
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(skip_prk_steps=True, **kwargs)
-
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        super().set_timesteps(num_inference_steps, device)
-        grid = self._timesteps  # ascending
-        if len(grid) > 1:
-            plms = np.concatenate([grid[:-1], grid[-2:-1], grid[-1:]])[::-1].copy()
-            self.timesteps = torch.from_numpy(plms.astype(np.int64)).to(device)
-        self.num_inference_steps = num_inference_steps  # the step ratio keeps using n, not n + 1
-
-
 def schedulers(steps: int) -> dict[str, object]:
     """The schedulers compared at ``steps`` sampling steps, by row name."""
     ddim = dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1, **LDM_SCHEDULE)
     rows: dict[str, object] = {f"DDIM {s}": SpacedDDIMScheduler(s, **ddim) for s in SPACINGS}
     rows["PNDM (PLMS)"] = PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1, **LDM_SCHEDULE)
-    rows["PLMS, timestep repeated"] = RepeatedPLMSScheduler(set_alpha_to_one=False, steps_offset=1, **LDM_SCHEDULE)
+    rows["PLMS, timestep repeated"] = plms_scheduler()
     rows["F-PNDM (Runge-Kutta start)"] = PNDMScheduler(
         skip_prk_steps=False, set_alpha_to_one=False, steps_offset=1, **LDM_SCHEDULE
     )

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from monai.networks.schedulers import PNDMScheduler
 from torch import Tensor, nn
 
 from monai_disc.inferers.mask_ldm import MaskLDMSampler
@@ -150,9 +151,10 @@ class SeparatedConditionInferer:
     Args:
         sampler: the DDIM sampler to run branches with; defaults to ``MaskLDMSampler()`` (200 steps).
         fuse_step: separated steps before fusion, in 0..``sampler.num_inference_steps``; None fuses at the end.
+            An inner fuse step needs a stateless scheduler (DDIM), not PLMS / PNDM.
 
     Raises:
-        ValueError: for a ``fuse_step`` outside that range.
+        ValueError: for a ``fuse_step`` outside that range, or an inner one with a multistep scheduler.
     """
 
     def __init__(self, sampler: MaskLDMSampler | None = None, fuse_step: int | None = None) -> None:
@@ -161,6 +163,11 @@ class SeparatedConditionInferer:
         if fuse_step is not None and not 0 <= int(fuse_step) <= steps:
             raise ValueError(f"fuse_step must lie in 0..{steps} (the sampler's steps) or be None, got {fuse_step}.")
         self.fuse_step = None if fuse_step is None or int(fuse_step) == steps else int(fuse_step)
+        if self.fuse_step is not None and isinstance(self.sampler.scheduler, PNDMScheduler):
+            raise ValueError(
+                "fuse_step needs a scheduler whose step depends on (model output, t, sample) alone, such as DDIM; "
+                f"{type(self.sampler.scheduler).__name__} keeps a history of noise predictions across steps."
+            )
 
     def _window(self, start: int, stop: int) -> MaskLDMSampler:
         """The sampler running only DDIM steps [start, stop) of its grid."""
