@@ -37,10 +37,10 @@ from monai_disc.engines import (
     draw_timesteps,
     write_distillation_set,
 )
-from monai_disc.inferers import GENERATORS, LDM_SCHEDULE, MaskLDMSampler, fuse_latents, load_weights, uniform_masks
+from monai_disc.inferers import GENERATORS, LDM_SCHEDULE, MaskLDMSampler, fuse_latents, uniform_masks
 from monai_disc.masks import ShapeBank
 from monai_disc.metrics import MaskFidelity
-from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
+from monai_disc.networks import carcinonet_toy, load_weights, mask_ldm_toy, vq_f4_toy
 from monai_disc.transforms import sicapv2_tile_transforms
 
 ARMS = ("real", "self", "fused", "uniform", "self-guided", "fused-guided", "uniform-guided")

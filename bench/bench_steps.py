@@ -19,8 +19,8 @@ import torch
 
 from monai_disc.apps.compare import compare_generators, held_out_masks
 from monai_disc.bundles import CARCINONET_WEIGHTS, bundle_file
-from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, load_generator, load_weights
-from monai_disc.networks import carcinonet_toy
+from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, load_generator
+from monai_disc.networks import carcinonet_toy, load_weights
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 from monai_disc.apps.compare import held_out_masks, ruler_features, ruler_fid
 from monai_disc.bundles import AUTOENCODER_WEIGHTS, CARCINONET_WEIGHTS, bundle_file
-from monai_disc.inferers import GENERATORS, MaskLDMSampler, SeparatedConditionInferer, load_weights
+from monai_disc.inferers import GENERATORS, MaskLDMSampler, SeparatedConditionInferer
 from monai_disc.metrics import MaskFidelity
-from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
+from monai_disc.networks import carcinonet_toy, load_weights, mask_ldm_toy, vq_f4_toy
 
 
 def boundary_ratio(tiles: torch.Tensor, masks: torch.Tensor, band: int = 2) -> float:

@@ -1,38 +1,66 @@
-"""Tiles per second of the paper-size mask-conditioned LDM (mask_ldm_vq_f4 + vq_f4, random init) on one device.
+"""Seconds per 512 px tile of the paper-size SD generator on one GPU: precision, compilation and CUDA graphs.
 
-Times :meth:`MaskLDMSampler.sample` (mask encoding, DDIM loop, decoding) at each step count and precision, with
-CUDA-synchronised wall clocks, on a batch sized to fit a memory budget (probed with a one-step run), and prints a
-table with the denoiser's achieved TFLOP/s. Variants: ``fp32`` (torch defaults: TF32 convolutions, fp32
-matmuls), ``bf16`` (autocast), ``bf16-cl`` (autocast with channels-last weights and noise).
+One prepared command for a GPU machine. It builds the paper-size networks (``mask_ldm_vq_f4``, 409.7 M
+parameters, and ``vq_f4``; random weights: speed does not depend on them), sizes the batch to a memory budget by a
+probe, and times :meth:`MaskLDMSampler.sample` (mask encoding, DDIM loop, decoding) with CUDA-synchronised wall
+clocks for each variant and step count. It prints one table: seconds per tile, tiles/s, the denoiser's achieved
+TFLOP/s (FLOPs counted once on the meta device) and its share of the GPU's dense bf16 peak, peak memory, and the
+largest difference of the variant's tiles from the fp32 tiles (bf16 tolerance: about 1e-2 mean, per the CPU
+tests). Then it draws a 100-tile synthetic slide (20 steps; set by ``--slide-steps``) with the fastest variant.
 
-    python bench/gpu_sampling.py                                 # 512 px, 50 and 200 steps, on cuda
-    python bench/gpu_sampling.py --device cpu --size 64 --steps 2  # smoke check
+Variants (each a :class:`MaskLDMSampler` option set, the same the bundles and the CLI use):
+
+- ``fp32``: ``dtype="fp32"`` (TF32 convolutions as torch defaults).
+- ``bf16``: ``dtype="bf16"`` (autocast; the sampler's default on CUDA).
+- ``bf16-cl``: bf16 with ``channels_last=True``.
+- ``bf16-compile``: bf16 with ``compile=True`` (TorchInductor, default mode).
+- ``bf16-graphs``: bf16 with ``compile=True, compile_options={"mode": "reduce-overhead"}`` (CUDA graphs; shapes
+  are static within a batch size).
+
+    python bench/gpu_sampling.py                          # 512 px, 20 and 50 steps, every variant, on cuda
+    python bench/gpu_sampling.py --json gpu_sampling.json # also write the rows
+    python bench/gpu_sampling.py --device cpu --tiny      # smoke check: toy networks, 64 px, 2 steps
+
+``--tiny`` swaps in the toy networks at 64 px and compiles with the ``eager`` backend (TorchDynamo only), so it
+runs in about a minute on a CPU and checks the script end to end; its numbers are not GPU numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import math
 import time
-from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import DiffusionInferer
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_disc.inferers.mask_ldm import MaskLDMSampler, ddim_scheduler
-from monai_disc.networks.denoiser import mask_ldm_vq_f4
+from monai_disc.inferers.mask_ldm import MaskLDMSampler
+from monai_disc.networks import mask_ldm_toy, mask_ldm_vq_f4, vq_f4, vq_f4_toy
 
-try:
-    from monai_disc.networks.autoencoder import vq_f4
-except ImportError as e:  # written by another part of the project
-    raise SystemExit(f"gpu_sampling needs monai_disc.networks.autoencoder.vq_f4, which is missing here ({e}).") from e
+__all__ = ["PEAK_BF16_TFLOPS", "VARIANTS", "main"]
 
-__all__ = ["main"]
+# dense bf16 tensor-core peak (TFLOP/s) by a substring of torch.cuda.get_device_name; --peak-tflops overrides
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A6000": 155.0,
+    "A10G": 70.0,
+    "L4": 121.0,
+}
 
-VARIANTS = ("fp32", "bf16", "bf16-cl")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fp32": {"dtype": "fp32"},
+    "bf16": {"dtype": "bf16"},
+    "bf16-cl": {"dtype": "bf16", "channels_last": True},
+    "bf16-compile": {"dtype": "bf16", "compile": True},
+    "bf16-graphs": {"dtype": "bf16", "compile": True, "compile_options": {"mode": "reduce-overhead"}},
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -40,57 +68,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _masks(batch: int, size: int, device: torch.device) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
+def _masks(batch: int, size: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
     coarse = torch.randint(0, 4, (batch, 1, 8, 8), generator=g).float()
     return F.interpolate(coarse, size=size, mode="nearest")[:, 0].long().to(device)
 
 
-def denoiser_flops(latent_size: int) -> float:
+def denoiser_flops(build: Any, latent_size: int) -> float:
     """FLOPs of one denoiser forward on one latent (counted on the meta device: no memory, no time)."""
     with torch.device("meta"):
-        net = mask_ldm_vq_f4(use_flash_attention=False)
-        x = torch.empty(1, 3, latent_size, latent_size)
+        net = build(use_flash_attention=False)  # the counter sees the attention matmuls; SDPA does the same work
+        x = torch.empty(1, net.in_channels, latent_size, latent_size)
         ctx = torch.empty(1, net.mask_encoder.num_tokens, net.mask_encoder.context_dim)
         with FlopCounterMode(display=False) as counter:
             net(x, torch.zeros(1, dtype=torch.long), context=ctx)
     return float(counter.get_total_flops())
 
 
-@contextlib.contextmanager
-def _precision(variant: str, device: torch.device) -> Iterator[None]:
-    if variant.startswith("bf16"):
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-    else:
-        yield
-
-
-def _sample(sampler, masks, autoencoder, denoiser, channels_last: bool) -> torch.Tensor:
-    if not channels_last:
-        return sampler.sample(masks, autoencoder, denoiser, seeds=range(len(masks)))
-    f = autoencoder.downsample_factor
-    shape = (denoiser.in_channels, masks.shape[-2] // f, masks.shape[-1] // f)
-    noise = sampler.make_noise(range(len(masks)), shape, masks.device).contiguous(memory_format=torch.channels_last)
-    return sampler.sample(masks, autoencoder, denoiser, noise=noise)
+def peak_tflops(name: str, override: float | None) -> float | None:
+    """The device's dense bf16 peak from :data:`PEAK_BF16_TFLOPS` (or `override`); None when unknown."""
+    if override:
+        return override
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
 def probe_batch(denoiser, autoencoder, size: int, device: torch.device, mem_gb: float, decode_batch: int) -> int:
-    """Largest batch whose fp32 sampling peak fits ``mem_gb``: one-step runs at batch 1 and 3 give the slope.
-
-    cuDNN's algorithm search (which takes large one-off workspaces for every new shape) is off while probing,
-    and the first run only warms up.
-    """
+    """Largest batch whose fp32 sampling peak fits ``mem_gb``: one-step runs at batch 1 and 3 give the slope."""
     if device.type != "cuda":
-        return 1
+        return 2
     benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
-    sampler = MaskLDMSampler(num_inference_steps=1, progress=False, decode_batch_size=decode_batch)
+    sampler = MaskLDMSampler(num_inference_steps=1, progress=False, decode_batch_size=decode_batch, dtype="fp32")
     base = torch.cuda.memory_allocated(device)
     peaks = {}
-    for b in (1, 1, 3):
+    for b in (1, 1, 3):  # the first run warms up
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-        _sample(sampler, _masks(b, size, device), autoencoder, denoiser, channels_last=False)
+        sampler.sample(_masks(b, size, device), autoencoder, denoiser, seeds=range(b))
         peaks[b] = torch.cuda.max_memory_allocated(device) - base
     torch.backends.cudnn.benchmark = benchmark
     per_sample = max((peaks[3] - peaks[1]) / 2, 1.0)
@@ -98,124 +111,163 @@ def probe_batch(denoiser, autoencoder, size: int, device: torch.device, mem_gb: 
     return max(1, int((mem_gb * 1e9 - base - fixed) // per_sample))
 
 
-@torch.no_grad()
-def compare_with_monai(denoiser, masks, device: torch.device, variant: str, steps: int) -> dict[str, object]:
-    """Seconds of our DDIM loop and of MONAI's ``DiffusionInferer.sample`` on the same noise, context, steps."""
-    denoiser.to(memory_format=torch.contiguous_format)
-    sampler = MaskLDMSampler(num_inference_steps=steps, progress=False)
-    latent = masks.shape[-1] // 4
-    noise = sampler.make_noise(range(len(masks)), (denoiser.in_channels, latent, latent), device)
-    scheduler = ddim_scheduler()
-    inferer = DiffusionInferer(scheduler)
-    times: dict[str, object] = {"variant": variant, "steps": steps}
-    with _precision(variant, device):
-        context = denoiser.encode_mask(masks)
-        for name in ("ours", "monai", "ours", "monai"):  # second pair timed: the first warms both paths
-            _sync(device)
-            t0 = time.perf_counter()
-            if name == "ours":
-                sampler.sample_latents(noise, context, denoiser)
-            else:
-                scheduler.set_timesteps(steps)
-                inferer.sample(noise, denoiser, conditioning=context, verbose=False)
-            _sync(device)
-            times[name] = time.perf_counter() - t0
-    return times
+def _options(variant: str, tiny: bool) -> dict[str, Any]:
+    options = {k: (dict(v) if isinstance(v, dict) else v) for k, v in VARIANTS[variant].items()}
+    if tiny and options.get("compile"):
+        options["compile_options"] = {"backend": "eager"}  # graph capture only: no C++ toolchain, seconds
+    return options
 
 
-def main(argv: list[str] | None = None) -> None:
+def _time(sampler: MaskLDMSampler, masks, autoencoder, denoiser, device) -> tuple[float, torch.Tensor, float]:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    start = time.perf_counter()
+    tiles = sampler.sample(masks, autoencoder, denoiser, seeds=range(len(masks)))
+    _sync(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")
+    return seconds, tiles, peak
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--size", type=int, default=512, help="tile size in px (latents are size/4)")
-    p.add_argument("--steps", type=int, nargs="+", default=[50, 200])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--tiny", action="store_true", help="toy networks at 64 px, 2 steps: a smoke check of the script")
+    p.add_argument("--size", type=int, default=None, help="tile size in px (default 512; 64 with --tiny)")
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="DDIM steps (default 20 50; 2 with --tiny)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--batch", type=int, default=None, help="fixed batch (default: probe to fit --mem-gb)")
     p.add_argument("--mem-gb", type=float, default=70.0)
     p.add_argument("--max-batch", type=int, default=32, help="cap on the probed batch (throughput saturates)")
     p.add_argument("--decode-batch", type=int, default=8)
+    p.add_argument("--slide-tiles", type=int, default=100)
+    p.add_argument("--slide-steps", type=int, default=20)
+    p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
     p.add_argument("--json", default=None, help="also write the rows to this file")
-    p.add_argument("--no-monai", dest="monai", action="store_false", help="skip the loop comparison with MONAI")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("CUDA is not available here; use --device cpu --size 64 --steps 2 for a smoke check.")
+            raise SystemExit("CUDA is not available here; use --device cpu --tiny for a smoke check.")
         torch.backends.cudnn.benchmark = True
-    torch.manual_seed(0)
-    denoiser = mask_ldm_vq_f4().to(device).eval()
-    autoencoder = vq_f4(use_flash_attention=True).to(device).eval()
-    n_params = sum(q.numel() for q in denoiser.parameters())
-    flops = denoiser_flops(args.size // autoencoder.downsample_factor)
+    size = args.size or (64 if args.tiny else 512)
+    steps_list = args.steps or ([2] if args.tiny else [20, 50])
+    slide_tiles = min(args.slide_tiles, 4) if args.tiny else args.slide_tiles
+    slide_steps = 2 if args.tiny else args.slide_steps
+    variants = [v for v in args.variants if device.type == "cuda" or v != "bf16-graphs"]  # graphs are CUDA-only
 
-    fit = probe_batch(denoiser, autoencoder, args.size, device, args.mem_gb, args.decode_batch)
+    torch.manual_seed(0)
+    build = mask_ldm_toy if args.tiny else mask_ldm_vq_f4
+    denoiser = build().to(device).eval()
+    autoencoder = (vq_f4_toy() if args.tiny else vq_f4()).to(device).eval()
+    with torch.no_grad():  # MONAI zero-initialises the output layers: give them weights so tiles can differ
+        for q in denoiser.parameters():
+            if not q.any():
+                q.normal_(0.0, 0.02)
+    n_params = sum(q.numel() for q in denoiser.parameters())
+    flops = denoiser_flops(build, size // autoencoder.downsample_factor)
+
+    fit = probe_batch(denoiser, autoencoder, size, device, args.mem_gb, args.decode_batch)
     batch = args.batch or min(fit, args.max_batch)
-    masks = _masks(batch, args.size, device)
+    masks = _masks(batch, size, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = peak_tflops(name, args.peak_tflops) if device.type == "cuda" else None
     print(
-        f"# {name}, torch {torch.__version__}; denoiser {n_params / 1e6:.0f} M params, "
-        f"{flops / 1e12:.3f} TFLOP per latent forward; {args.size} px tiles"
+        f"# {name}, torch {torch.__version__}; denoiser {n_params / 1e6:.1f} M params, "
+        f"{flops / 1e12:.4f} TFLOP per latent forward; {size} px tiles; dense bf16 peak "
+        f"{'unknown (--peak-tflops)' if peak is None else f'{peak:g} TFLOP/s'}"
+    )
+    if device.type != "cuda":
+        print("# CPU run: a check that the script works, NOT a GPU measurement")
+    print(
+        f"# batch {batch} (fits {fit} in {args.mem_gb:g} GB by probe, cap {args.max_batch}); decode {args.decode_batch}"
     )
     print(
-        f"# batch {batch} (fits {fit} in {args.mem_gb:g} GB by probe, cap {args.max_batch}); "
-        f"decode in chunks of {args.decode_batch}"
+        "| variant | steps | batch | s/tile | tiles/s | TFLOP/s | % of peak | peak GB | max diff vs fp32 | "
+        "mean diff vs fp32 |"
     )
-    header = (
-        f"{'variant':<9}{'steps':>6}{'batch':>6}{'seconds':>10}{'tiles/s':>9}{'s/tile':>8}{'TFLOP/s':>9}{'peak GB':>9}"
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows: list[dict[str, Any]] = []
+    reference: dict[int, torch.Tensor] = {}
+    for variant in variants:
+        options = _options(variant, args.tiny)
+        if options.get("channels_last"):
+            denoiser.to(memory_format=torch.channels_last)
+            autoencoder.to(memory_format=torch.channels_last)
+        sampler = MaskLDMSampler(num_inference_steps=2, progress=False, decode_batch_size=args.decode_batch, **options)
+        sampler.sample(masks, autoencoder, denoiser, seeds=range(batch))  # kernels chosen, graphs compiled, captured
+        for steps in steps_list:
+            sampler.num_inference_steps = steps  # the same sampler: its compiled denoiser is reused
+            seconds, tiles, peak_gb = _time(sampler, masks, autoencoder, denoiser, device)
+            if not torch.isfinite(tiles).all():
+                raise RuntimeError(f"non-finite tiles in variant {variant}")
+            if variant == "fp32":
+                reference[steps] = tiles
+            diff = (tiles - reference[steps]).abs() if steps in reference else None
+            tflops = steps * batch * flops / seconds / 1e12
+            row = {
+                "variant": variant,
+                "steps": steps,
+                "batch": batch,
+                "s_per_tile": seconds / batch,
+                "tiles_per_s": batch / seconds,
+                "tflops": tflops,
+                "share_of_peak": None if peak is None else tflops / peak,
+                "peak_gb": peak_gb,
+                "max_diff_vs_fp32": None if diff is None else float(diff.max()),
+                "mean_diff_vs_fp32": None if diff is None else float(diff.mean()),
+            }
+            rows.append(row)
+            share = "-" if peak is None else f"{100 * tflops / peak:.1f}"
+            gb = "-" if math.isnan(peak_gb) else f"{peak_gb:.1f}"
+            dmax = "-" if diff is None else f"{row['max_diff_vs_fp32']:.3f}"
+            dmean = "-" if diff is None else f"{row['mean_diff_vs_fp32']:.4f}"
+            print(
+                f"| {variant} | {steps} | {batch} | {seconds / batch:.3f} | {batch / seconds:.2f} | {tflops:.3g} "
+                f"| {share} | {gb} | {dmax} | {dmean} |",
+                flush=True,
+            )
+        if options.get("channels_last"):
+            denoiser.to(memory_format=torch.contiguous_format)
+            autoencoder.to(memory_format=torch.contiguous_format)
+
+    # a synthetic slide: slide_tiles masks in batches, the fastest variant at slide_steps
+    at_steps = [r for r in rows if r["steps"] == slide_steps] or rows
+    best = min(at_steps, key=lambda r: r["s_per_tile"])["variant"]
+    options = _options(best, args.tiny)
+    if options.get("channels_last"):
+        denoiser.to(memory_format=torch.channels_last)
+        autoencoder.to(memory_format=torch.channels_last)
+    sampler = MaskLDMSampler(
+        num_inference_steps=slide_steps, progress=False, decode_batch_size=args.decode_batch, **options
     )
-    print(header)
-    rows = []
-    for variant in args.variants:
-        channels_last = variant.endswith("-cl")
-        denoiser.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        with _precision(variant, device):
-            warm = MaskLDMSampler(num_inference_steps=2, progress=False, decode_batch_size=args.decode_batch)
-            _sample(warm, masks, autoencoder, denoiser, channels_last)  # kernels chosen, caches filled
-            for steps in args.steps:
-                if variant == "bf16-cl" and steps != min(args.steps):
-                    continue  # layout check at the shortest run only
-                sampler = MaskLDMSampler(num_inference_steps=steps, progress=False, decode_batch_size=args.decode_batch)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                _sync(device)
-                t0 = time.perf_counter()
-                tiles = _sample(sampler, masks, autoencoder, denoiser, channels_last)
-                _sync(device)
-                dt = time.perf_counter() - t0
-                if not torch.isfinite(tiles).all():
-                    raise RuntimeError(f"non-finite tiles in variant {variant}")
-                peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")
-                row = {
-                    "variant": variant,
-                    "steps": steps,
-                    "batch": batch,
-                    "seconds": dt,
-                    "tiles_per_s": batch / dt,
-                    "tflops": steps * batch * flops / dt / 1e12,
-                    "peak_gb": peak,
-                }
-                rows.append(row)
-                print(
-                    f"{variant:<9}{steps:>6}{batch:>6}{dt:>10.2f}{batch / dt:>9.3f}{dt / batch:>8.2f}"
-                    f"{row['tflops']:>9.1f}{peak:>9.1f}",
-                    flush=True,
-                )
-    loop = (
-        compare_with_monai(
-            denoiser, masks, device, "bf16" if "bf16" in args.variants else args.variants[0], min(args.steps)
-        )
-        if args.monai
-        else None
-    )
-    if loop:
-        print(
-            f"# DDIM loop alone (no decode), {loop['variant']}, {loop['steps']} steps, batch {batch}: "
-            f"ours {loop['ours']:.2f} s, MONAI DiffusionInferer.sample {loop['monai']:.2f} s, "
-            f"ratio ours/MONAI {loop['ours'] / loop['monai']:.3f}"
-        )
+    slide_masks = _masks(slide_tiles, size, device, seed=1)
+    sampler.sample(slide_masks[:batch], autoencoder, denoiser, seeds=range(min(batch, slide_tiles)))  # warm
+    _sync(device)
+    start = time.perf_counter()
+    for b in range(0, slide_tiles, batch):
+        sampler.sample(slide_masks[b : b + batch], autoencoder, denoiser, seeds=range(b, min(b + batch, slide_tiles)))
+    _sync(device)
+    slide_seconds = time.perf_counter() - start
+    print(f"# {slide_tiles}-tile synthetic slide, {slide_steps} steps, {best}, batch {batch}: {slide_seconds:.1f} s")
+
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"device": name, "size": args.size, "rows": rows, "loop_vs_monai": loop}, f, indent=1)
+            json.dump(
+                {
+                    "device": name,
+                    "size": size,
+                    "batch": batch,
+                    "tflop_per_forward": flops / 1e12,
+                    "rows": rows,
+                    "slide": {"tiles": slide_tiles, "steps": slide_steps, "variant": best, "seconds": slide_seconds},
+                },
+                f,
+                indent=1,
+            )
+    return rows
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    # `make test` runs everything; `pytest -m "not paper_size"` skips the full-size networks (about 12 GB, minutes)
+    config.addinivalue_line("markers", "paper_size: full-size 512 px networks on the CPU (skip: -m 'not paper_size')")
+
+
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory):
     """A 6-slide toy SICAPv2 set with 64 px tiles (and its PANDA-layout slides)."""

@@ -42,10 +42,11 @@ from torch import Tensor, nn
 
 from monai_disc.bundles import CARCINONET_WEIGHTS, bundle_file
 from monai_disc.data import load_sicapv2
-from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, load_generator, load_weights
+from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, load_generator
 from monai_disc.io import atomic_torch_save, atomic_write_text
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
 from monai_disc.metrics import MaskFidelity
+from monai_disc.networks import load_weights
 from monai_disc.transforms import as_label_map, sicapv2_tile_transforms
 from monai_disc.visualize import save_grid, to_uint8
 

@@ -26,12 +26,12 @@ from monai_disc.bundles import CARCINONET_WEIGHTS, TRANSMIL_WEIGHTS, bundle_file
 from monai_disc.data import format_summary, load_sicapv2, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
 from monai_disc.data.synthetic import IMAGES_DIR, MASKS_DIR
 from monai_disc.data.tilesets import load_sicapv2_bags, load_synthetic_bags
-from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, LDMGenerator, load_generator, load_weights
+from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, LDMGenerator, load_generator
 from monai_disc.io import atomic_write_text, compare_settings, settings_error
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
 from monai_disc.masks import ShapeBank, plan_synthetic_slides
 from monai_disc.metrics import MaskFidelity
-from monai_disc.networks import build_extractor, carcinonet_toy, extract_bag_features
+from monai_disc.networks import build_extractor, carcinonet_toy, extract_bag_features, load_weights
 from monai_disc.visualize import overlay, save_grid, save_picture
 
 __all__ = ["run_demo"]

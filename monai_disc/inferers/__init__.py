@@ -1,17 +1,17 @@
-"""Sampling: mask-conditioned DDIM (SD), separated conditions (SD-SC) built on it, and the generator registry."""
+"""Sampling: mask-conditioned DDIM or PLMS (SD), separated conditions (SD-SC) built on it, the generator registry."""
 
 from __future__ import annotations
 
-from .generators import GENERATORS, GeneratorEntry, LDMGenerator, TileGenerator, load_generator, load_weights
+from .generators import GENERATORS, GeneratorEntry, LDMGenerator, TileGenerator, load_generator
 from .mask_ldm import (
     DEFAULT_NUM_INFERENCE_STEPS,
     LDM_SCHEDULE,
     MaskLDMSampler,
     ddim_scheduler,
-    decode_latents,
     latent_shape_for,
     tile_size_multiple,
 )
+from .schedulers import PLMSScheduler, plms_scheduler
 from .separated import SeparatedConditionInferer, fuse_latents, present_labels, uniform_masks
 
 __all__ = [
@@ -21,14 +21,14 @@ __all__ = [
     "GeneratorEntry",
     "LDMGenerator",
     "MaskLDMSampler",
+    "PLMSScheduler",
     "SeparatedConditionInferer",
     "TileGenerator",
     "ddim_scheduler",
-    "decode_latents",
     "fuse_latents",
     "latent_shape_for",
     "load_generator",
-    "load_weights",
+    "plms_scheduler",
     "present_labels",
     "tile_size_multiple",
     "uniform_masks",

@@ -23,7 +23,7 @@ from monai_disc.inferers.separated import SeparatedConditionInferer
 from monai_disc.networks import mask_ldm_toy, vq_f4_toy
 from monai_disc.networks.weights import load_weights
 
-__all__ = ["GENERATORS", "GeneratorEntry", "LDMGenerator", "TileGenerator", "load_generator", "load_weights"]
+__all__ = ["GENERATORS", "GeneratorEntry", "LDMGenerator", "TileGenerator", "load_generator"]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -10,6 +10,7 @@ from monai.networks.schedulers import DDIMScheduler, Scheduler
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from monai_disc.inferers.acceleration import CompiledCache, autocast_for, resolve_dtype, to_channels_last
 from monai_disc.networks.denoiser import MaskConditionedUNet
 from monai_disc.transforms.functional import as_label_map
 
@@ -18,7 +19,6 @@ __all__ = [
     "LDM_SCHEDULE",
     "MaskLDMSampler",
     "ddim_scheduler",
-    "decode_latents",
     "latent_shape_for",
     "tile_size_multiple",
 ]
@@ -114,9 +114,18 @@ class MaskLDMSampler:
         progress: show a tqdm bar over the steps.
         decode_batch_size: decode at most this many latents at once (the 512 px decoder needs far more memory
             per tile than the denoiser); ``None`` decodes the whole batch together.
+        dtype: precision of the network calls (see :mod:`monai_disc.inferers.acceleration`): ``None`` / "auto"
+            is bfloat16 autocast on CUDA and float32 on a CPU; "bf16", "fp16", "fp32" or a ``torch.dtype`` force
+            one. The scheduler step runs in float32 whatever the choice; tiles come back as float32.
+        channels_last: put the denoiser's and the autoencoder's convolution weights (converted in place, once)
+            and the latents in channels-last order.
+        compile: ``torch.compile`` the denoiser on first use (the first sampling pays the compilation).
+        compile_options: ``torch.compile`` keyword arguments, e.g. ``{"mode": "reduce-overhead"}`` (CUDA graphs;
+            the loop's shapes are static per batch size) or ``{"mode": "max-autotune"}``.
 
     Raises:
-        ValueError: on a non-positive step count or more steps than the scheduler was trained with.
+        ValueError: on a non-positive step count or more steps than the scheduler was trained with, or an
+            unknown dtype.
     """
 
     def __init__(
@@ -126,6 +135,10 @@ class MaskLDMSampler:
         guidance_scale: float = 1.0,
         progress: bool = True,
         decode_batch_size: int | None = None,
+        dtype: torch.dtype | str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.scheduler = scheduler if scheduler is not None else ddim_scheduler()
         if not 0 < num_inference_steps <= self.scheduler.num_train_timesteps:
@@ -138,6 +151,45 @@ class MaskLDMSampler:
         if decode_batch_size is not None and decode_batch_size < 1:
             raise ValueError(f"decode_batch_size must be >= 1 or None, got {decode_batch_size}.")
         self.decode_batch_size = decode_batch_size
+        resolve_dtype(dtype, "cpu")  # an unknown name fails here, not at the first sampling
+        self.dtype = dtype
+        self.channels_last = bool(channels_last)
+        self.compile = bool(compile)
+        self._compiled = CompiledCache(compile_options)
+
+    def compute_dtype(self, device: str | torch.device) -> torch.dtype:
+        """The precision the network calls run in on `device` (``dtype`` resolved)."""
+        return resolve_dtype(self.dtype, device)
+
+    def autocast(self, device: str | torch.device) -> Any:
+        """Context manager running the networks in :meth:`compute_dtype` on `device`."""
+        return autocast_for(device, self.compute_dtype(device))
+
+    def prepare(self, *networks: nn.Module) -> None:
+        """Apply the layout option to the networks (in place; a no-op unless ``channels_last``)."""
+        if self.channels_last:
+            to_channels_last(*networks)
+
+    def _layout(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def decode(self, latents: Tensor, autoencoder: nn.Module) -> Tensor:
+        """Tiles (B, 3, H, W) in [-1, 1], float32, from scaled latents: chunks of ``decode_batch_size``, in the
+        sampler's precision and layout (the codebook lookup stays in float32).
+
+        Args:
+            latents: (B, C, h, w) latents as the denoiser produces them (times the autoencoder's scale factor).
+            autoencoder: first stage with ``decode_stage_2_outputs`` (a missing ``scale_factor`` counts as 1).
+
+        Returns:
+            float32 tiles.
+        """
+        scale = getattr(autoencoder, "scale_factor", 1.0)
+        self.prepare(autoencoder)
+        chunks = latents.split(self.decode_batch_size or max(1, latents.shape[0]))
+        with torch.no_grad(), self.autocast(latents.device):
+            tiles = torch.cat([autoencoder.decode_stage_2_outputs(self._layout(z / scale)).float() for z in chunks])
+        return tiles.clamp_(-1.0, 1.0).contiguous()
 
     @staticmethod
     def make_noise(
@@ -173,9 +225,10 @@ class MaskLDMSampler:
         """Denoise z_T to z_0 under fixed context tokens, or run only the steps [start, stop) of the DDIM grid.
 
         Everything that does not change between steps (timestep tensors on the device, the doubled context for
-        guidance) is built once before the loop; each step is one network call and one scheduler step. DDIM's
-        step is a function of (model output, t, sample) and the step count, so running a grid in two windows,
-        the second from the first's output, gives the same latents as running it at once (SD-SC fuses between).
+        guidance) is built once before the loop; each step is one network call (in the sampler's precision,
+        layout and compilation) and one scheduler step (in the dtype of `noise`). DDIM's step is a function of
+        (model output, t, sample) and the step count, so running a grid in two windows, the second from the
+        first's output, gives the same latents as running it at once (SD-SC fuses between).
 
         Args:
             noise: z_T (or the latent after step ``start`` of an earlier window), (B, C, h, w).
@@ -188,7 +241,7 @@ class MaskLDMSampler:
 
         Returns:
             the latent after step ``stop`` (z_0 for a full run), (B, C, h, w), in the dtype of ``noise`` (the
-            scheduler step runs in that precision even when the network runs under autocast).
+            scheduler step runs in that precision even when the network runs in bfloat16).
 
         Raises:
             ValueError: if noise and context disagree in batch size, or the window lies outside the grid.
@@ -196,12 +249,13 @@ class MaskLDMSampler:
         b = noise.shape[0]
         if context.shape[0] != b:
             raise ValueError(f"context has {context.shape[0]} samples but noise has {b}.")
-        stop = self.num_inference_steps if stop is None else int(stop)
-        if not 0 <= start <= stop <= self.num_inference_steps:
-            raise ValueError(f"step window [{start}, {stop}) does not lie in 0..{self.num_inference_steps}.")
         scheduler = self.scheduler
         scheduler.set_timesteps(self.num_inference_steps)
-        steps = [int(t) for t in scheduler.timesteps[start:stop]]  # plain ints: table lookups stay on the host
+        grid = [int(t) for t in scheduler.timesteps]  # plain ints: table lookups stay on the host
+        stop = len(grid) if stop is None else int(stop)  # PLMS visits one timestep twice: len(grid) = steps + 1
+        if not 0 <= start <= stop <= len(grid):
+            raise ValueError(f"step window [{start}, {stop}) does not lie in the {len(grid)} steps of the grid.")
+        steps = grid[start:stop]
         if not steps:
             return noise
         guided = self.guidance_scale != 1.0
@@ -213,9 +267,18 @@ class MaskLDMSampler:
         batch = context.shape[0]
         t_device = torch.tensor(steps, device=noise.device).unsqueeze(1).expand(-1, batch)  # one copy, not one per step
 
-        x = noise
+        self.prepare(denoiser)
+        network = self._compiled(denoiser) if self.compile else denoiser
+        mark_step = getattr(torch.compiler, "cudagraph_mark_step_begin", None) if self.compile else None
+        autocast = self.autocast(noise.device)
+
+        x = self._layout(noise)
         for i, t in enumerate(tqdm(steps, desc="DDIM", leave=False, disable=not self.progress)):
-            eps = denoiser(torch.cat([x, x]) if guided else x, t_device[i], context=context).to(x.dtype)
+            if mark_step is not None:  # CUDA graph outputs of the previous step are consumed: reuse their memory
+                mark_step()
+            with autocast:
+                eps = network(torch.cat([x, x]) if guided else x, t_device[i], context=context)
+            eps = eps.to(x.dtype)
             if guided:
                 eps_u, eps_c = eps.chunk(2)
                 eps = eps_u + self.guidance_scale * (eps_c - eps_u)
@@ -280,24 +343,8 @@ class MaskLDMSampler:
         device = next(denoiser.parameters()).device
         noise = self.initial_noise(masks, autoencoder, denoiser, seeds, noise)
 
-        context = denoiser.encode_mask(masks.to(device))
+        with self.autocast(device):
+            context = denoiser.encode_mask(masks.to(device))
         null_context = denoiser.null_context(b) if self.guidance_scale != 1.0 else None
         latents = self.sample_latents(noise, context, denoiser, null_context)
-        return decode_latents(latents, autoencoder, self.decode_batch_size)
-
-
-@torch.no_grad()
-def decode_latents(latents: Tensor, autoencoder: nn.Module, batch_size: int | None = None) -> Tensor:
-    """Tiles (B, 3, H, W) in [-1, 1], float32, from scaled latents, decoded ``batch_size`` at a time.
-
-    Args:
-        latents: (B, C, h, w) latents as the denoiser sees them (multiplied by the autoencoder's ``scale_factor``;
-            a missing one counts as 1).
-        autoencoder: first stage with ``decode_stage_2_outputs``.
-        batch_size: latents per decoder call (the 512 px decoder needs far more memory per tile than the
-            denoiser); None decodes all together.
-    """
-    scale = getattr(autoencoder, "scale_factor", 1.0)
-    chunks = latents.split(batch_size or max(1, latents.shape[0]))
-    tiles = torch.cat([autoencoder.decode_stage_2_outputs(z / scale).float() for z in chunks])
-    return tiles.clamp_(-1.0, 1.0)
+        return self.decode(latents, autoencoder)

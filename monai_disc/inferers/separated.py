@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.schedulers import PNDMScheduler
 from torch import Tensor, nn
 
-from monai_disc.inferers.mask_ldm import MaskLDMSampler, decode_latents
+from monai_disc.inferers.mask_ldm import MaskLDMSampler
 from monai_disc.transforms.functional import as_label_map, labels_at_size
 
 __all__ = ["SeparatedConditionInferer", "fuse_latents", "present_labels", "uniform_masks"]
@@ -108,9 +109,10 @@ class SeparatedConditionInferer:
     Args:
         sampler: the DDIM sampler to run branches with; defaults to ``MaskLDMSampler()``.
         fuse_step: separated steps before fusion, in 0..``sampler.num_inference_steps``; None fuses at the end.
+            An inner fuse step needs a stateless scheduler (DDIM), not PLMS / PNDM.
 
     Raises:
-        ValueError: for a ``fuse_step`` outside that range.
+        ValueError: for a ``fuse_step`` outside that range, or an inner one with a multistep scheduler.
     """
 
     def __init__(self, sampler: MaskLDMSampler | None = None, fuse_step: int | None = None) -> None:
@@ -119,6 +121,11 @@ class SeparatedConditionInferer:
         if fuse_step is not None and not 0 <= int(fuse_step) <= steps:
             raise ValueError(f"fuse_step must lie in 0..{steps} (the sampler's steps) or be None, got {fuse_step}.")
         self.fuse_step = None if fuse_step is None or int(fuse_step) == steps else int(fuse_step)
+        if self.fuse_step is not None and isinstance(self.sampler.scheduler, PNDMScheduler):
+            raise ValueError(
+                "fuse_step needs a scheduler whose step depends on (model output, t, sample) alone, such as DDIM; "
+                f"{type(self.sampler.scheduler).__name__} keeps a history of noise predictions across steps."
+            )
 
     @torch.no_grad()
     def separated_latents(
@@ -155,7 +162,8 @@ class SeparatedConditionInferer:
         out = noise.new_zeros((b, k, *noise.shape[1:]))
         if rows.numel() == 0:
             return out
-        tokens = denoiser.encode_mask(uniform_masks(k, mask_size, device))  # once per call, K x (N, D)
+        with self.sampler.autocast(device):
+            tokens = denoiser.encode_mask(uniform_masks(k, mask_size, device))  # once per call, K x (N, D)
         out[rows, labels] = self.sampler.sample_latents(noise[rows], tokens[labels], denoiser, stop=stop)
         return out
 
@@ -187,10 +195,16 @@ class SeparatedConditionInferer:
         separated = self.separated_latents(noise, denoiser, masks.shape[-2:], present, self.fuse_step)
         fused = fuse_latents(separated, masks)
         if self.fuse_step is not None:
-            context = denoiser.encode_mask(masks)
+            with self.sampler.autocast(noise.device):
+                context = denoiser.encode_mask(masks)
             null = denoiser.null_context(1) if self.sampler.guidance_scale != 1.0 else None
             fused = self.sampler.sample_latents(fused, context, denoiser, null, start=self.fuse_step)
         return (fused, separated) if return_separated else fused
+
+    def decode(self, latents: Tensor, autoencoder: nn.Module) -> Tensor:
+        """Tiles (B, 3, H, W) in [-1, 1] from scaled latents, as the sampler decodes (:meth:`MaskLDMSampler.decode`:
+        chunks of its ``decode_batch_size``, its precision and layout)."""
+        return self.sampler.decode(latents, autoencoder)
 
     @torch.no_grad()
     def sample(
@@ -224,5 +238,5 @@ class SeparatedConditionInferer:
         noise = self.sampler.initial_noise(masks, autoencoder, denoiser, seeds, noise)
         out = self.sample_latents(noise, masks.to(device), denoiser, return_separated)
         fused, separated = out if isinstance(out, tuple) else (out, None)
-        tiles = decode_latents(fused, autoencoder, self.sampler.decode_batch_size)
+        tiles = self.decode(fused, autoencoder)
         return (tiles, separated) if separated is not None else tiles

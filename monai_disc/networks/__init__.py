@@ -14,6 +14,7 @@ from .autoencoder import (
     compute_scale_factor,
     convert_compvis_vq_state_dict,
     load_compvis_vq_f4,
+    load_vq_weights,
     vq_f4,
     vq_f4_toy,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "compute_scale_factor",
     "convert_compvis_vq_state_dict",
     "load_compvis_vq_f4",
+    "load_vq_weights",
     "vq_f4",
     "vq_f4_toy",
     "WeightsError",

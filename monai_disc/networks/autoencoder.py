@@ -37,6 +37,7 @@ __all__ = [
     "compute_scale_factor",
     "convert_compvis_vq_state_dict",
     "load_compvis_vq_f4",
+    "load_vq_weights",
 ]
 
 # Largest distance matrix (rows x codebook entries) the quantiser builds at once: bounds memory at 512 px
@@ -62,8 +63,8 @@ class VQEncoder(Encoder):
         attention_levels: levels with attention after each residual block (none in vq-f4).
         norm_num_groups: GroupNorm groups (32 in CompVis).
         norm_eps: GroupNorm epsilon (1e-6 in CompVis).
-        use_flash_attention: use ``scaled_dot_product_attention`` in the mid-block attention (same result,
-            far less memory for 512 px tiles on a GPU).
+        use_flash_attention: use ``scaled_dot_product_attention`` in the mid-block attention (the default: same
+            result to float rounding, far less memory; a 512 px tile's mid block attends over 16,384 tokens).
     """
 
     def __init__(
@@ -75,7 +76,7 @@ class VQEncoder(Encoder):
         attention_levels: Sequence[bool],
         norm_num_groups: int = 32,
         norm_eps: float = 1e-6,
-        use_flash_attention: bool = False,
+        use_flash_attention: bool = True,
     ) -> None:
         super().__init__(
             spatial_dims=2,
@@ -105,7 +106,7 @@ class VQDecoder(Decoder):
         attention_levels: levels with attention after each residual block (none in vq-f4).
         norm_num_groups: GroupNorm groups.
         norm_eps: GroupNorm epsilon.
-        use_flash_attention: use ``scaled_dot_product_attention`` in the mid-block attention.
+        use_flash_attention: use ``scaled_dot_product_attention`` in the mid-block attention (the default).
     """
 
     def __init__(
@@ -117,7 +118,7 @@ class VQDecoder(Decoder):
         attention_levels: Sequence[bool],
         norm_num_groups: int = 32,
         norm_eps: float = 1e-6,
-        use_flash_attention: bool = False,
+        use_flash_attention: bool = True,
     ) -> None:
         super().__init__(
             spatial_dims=2,
@@ -227,7 +228,8 @@ class VQAutoencoder(nn.Module):
         attention_levels: per-level attention after residual blocks; default none (vq-f4).
         norm_num_groups: GroupNorm groups; every entry of `channels` must be divisible by it.
         norm_eps: GroupNorm epsilon.
-        use_flash_attention: memory-efficient attention kernel in the mid blocks.
+        use_flash_attention: fused attention (``scaled_dot_product_attention``) in the mid blocks; the default.
+            Off gives MONAI's explicit attention matrix (3.4 GB more to encode one 512 px tile in float32).
         use_checkpoint: activation checkpointing of encoder and decoder (saves memory when training).
         scale_factor: initial value of the ``scale_factor`` buffer.
 
@@ -249,7 +251,7 @@ class VQAutoencoder(nn.Module):
         attention_levels: Sequence[bool] | None = None,
         norm_num_groups: int = 32,
         norm_eps: float = 1e-6,
-        use_flash_attention: bool = False,
+        use_flash_attention: bool = True,
         use_checkpoint: bool = False,
         scale_factor: float = 1.0,
     ) -> None:
@@ -590,28 +592,8 @@ def convert_compvis_vq_state_dict(state_dict: Mapping[str, Any]) -> dict[str, to
     return out
 
 
-def load_compvis_vq_f4(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any
-) -> VQAutoencoder:
-    """Build :func:`vq_f4` (with `overrides`) and load a CompVis vq-f4 checkpoint file into it.
-
-    The file is read with ``torch.load(weights_only=True)``; a Lightning checkpoint that holds non-tensor
-    objects must first be reduced to its ``state_dict`` (``torch.save(ckpt["state_dict"], out)`` in a trusted
-    environment).
-
-    Args:
-        path: ``model.ckpt`` (from ``vq-f4.zip``), a bare state dict, or an LDM checkpoint.
-        map_location: passed to ``torch.load``.
-        overrides: :class:`VQAutoencoder` arguments that differ from vq-f4 (e.g. ``use_flash_attention=True``).
-
-    Returns:
-        The model with the weights loaded, in eval mode.
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        ValueError: the file cannot be read with ``weights_only=True``, or its keys or shapes do not match
-            the model (the message names the file and the keys).
-    """
+def _read_compvis(path: str | os.PathLike, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    """A CompVis VQ checkpoint file, converted to :class:`VQAutoencoder` keys (errors name the file)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CompVis VQ checkpoint not found: {path}")
@@ -625,24 +607,97 @@ def load_compvis_vq_f4(
     if not isinstance(raw, Mapping):
         raise ValueError(f"{path}: expected a state dict or a checkpoint dict, got {type(raw).__name__}")
     try:
-        converted = convert_compvis_vq_state_dict(raw)
+        return convert_compvis_vq_state_dict(raw)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    model = vq_f4(**overrides)
+
+
+def _load_checked(model: nn.Module, state: Mapping[str, torch.Tensor], path: str, what: str) -> None:
+    """``model.load_state_dict(state)`` with one error naming the file and every missing, extra or misshapen key."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"{path}: checkpoint does not match the vq-f4 layout (overrides {overrides}); "
-            f"missing keys: {missing[:20]}; unexpected keys: {unexpected[:20]}"
+            f"{path}: checkpoint does not match {what}; missing keys: {missing[:20]}; unexpected keys: {unexpected[:20]}"
         )
     wrong = [
-        f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}"
-        for k, v in converted.items()
-        if v.shape != expected[k].shape
+        f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items() if v.shape != expected[k].shape
     ]
     if wrong:
         raise ValueError(f"{path}: tensor shapes differ from the model (checkpoint vs model): {wrong[:20]}")
-    model.load_state_dict(converted)
+    model.load_state_dict(state)
+
+
+def load_compvis_vq_f4(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any
+) -> VQAutoencoder:
+    """Build :func:`vq_f4` (with `overrides`) and load a CompVis vq-f4 checkpoint file into it.
+
+    The file is read with ``torch.load(weights_only=True)``; a Lightning checkpoint that holds non-tensor
+    objects must first be reduced to its ``state_dict`` (``torch.save(ckpt["state_dict"], out)`` in a trusted
+    environment).
+
+    Args:
+        path: ``model.ckpt`` (from ``vq-f4.zip``), a bare state dict, or an LDM checkpoint.
+        map_location: passed to ``torch.load``.
+        overrides: :class:`VQAutoencoder` arguments that differ from vq-f4 (e.g. ``use_checkpoint=True``).
+
+    Returns:
+        The model with the weights loaded, in eval mode.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: the file cannot be read with ``weights_only=True``, or its keys or shapes do not match
+            the model (the message names the file and the keys).
+    """
+    converted = _read_compvis(path, map_location)
+    model = vq_f4(**overrides)
+    _load_checked(model, converted, os.fspath(path), f"the vq-f4 layout (overrides {overrides})")
     return model.eval()
+
+
+def load_vq_weights(
+    autoencoder: VQAutoencoder,
+    path: str | os.PathLike | None = None,
+    compvis_vq_f4: str | os.PathLike | None = None,
+    map_location: str | torch.device = "cpu",
+) -> VQAutoencoder:
+    """Load first-stage weights into `autoencoder` in place: a CompVis checkpoint (converted) or this project's.
+
+    The one loader the bundle configs call (``load_autoencoder`` / ``autoencoder`` expressions), so a config
+    switches to the public CompVis vq-f4 weights by one key (``--compvis_vq_f4 /w/vq-f4/model.ckpt``) and keeps
+    the same network definition. CompVis checkpoints carry no latent scale unless they are whole LDM checkpoints,
+    so ``scale_factor`` becomes 1.0 (CompVis's own LDMs on vq-f4 use 1.0) or the checkpoint's.
+
+    Args:
+        autoencoder: the network to fill, e.g. ``vq_f4()`` (its layout must match the checkpoint).
+        path: a state dict saved from :class:`VQAutoencoder` (what ``train_autoencoder.yaml`` writes); used when
+            `compvis_vq_f4` is not given.
+        compvis_vq_f4: a CompVis VQ checkpoint (``model.ckpt`` of ``vq-f4.zip``, a bare state dict or an LDM
+            checkpoint), read with :func:`convert_compvis_vq_state_dict`; wins over `path`.
+        map_location: passed to ``torch.load``.
+
+    Returns:
+        `autoencoder`, with the weights loaded (its mode and device unchanged).
+
+    Raises:
+        ValueError: neither file given, or keys and shapes that do not fit the network (the message names the
+            file).
+        FileNotFoundError: a given file does not exist.
+    """
+    if compvis_vq_f4:
+        _load_checked(autoencoder, _read_compvis(compvis_vq_f4, map_location), os.fspath(compvis_vq_f4), "the network")
+        return autoencoder
+    if not path:
+        raise ValueError("give the autoencoder's weights: a state dict path or compvis_vq_f4 (a CompVis checkpoint)")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"autoencoder weights not found: {path}")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    if "autoencoder" in state and isinstance(state["autoencoder"], Mapping):  # a CheckpointSaver dict
+        state = state["autoencoder"]
+    _load_checked(autoencoder, state, path, "the network (a CompVis checkpoint? pass it as compvis_vq_f4)")
+    return autoencoder

@@ -200,6 +200,7 @@ def mask_ldm_toy(
     num_classes: int = 4,
     cond_drop_prob: float = 0.0,
     token_grid: int = 8,
+    use_flash_attention: bool = True,
     **unet_kwargs: Any,
 ) -> MaskConditionedUNet:
     """A ~1.8 M-parameter denoiser for 3x16x16 latents of 64 px tiles: the embedded default, trainable on a CPU.
@@ -213,6 +214,8 @@ def mask_ldm_toy(
         cond_drop_prob: mask dropout in training, for classifier-free guidance (see :class:`MaskConditionedUNet`).
         token_grid: side of the mask token grid (8: one token per 8 x 8 px of a 64 px tile; the shipped weights
             use 8).
+        use_flash_attention: fused attention (``scaled_dot_product_attention``), equal to MONAI's explicit
+            attention to float rounding.
         unet_kwargs: overrides of the ``DiffusionModelUNet`` arguments.
 
     Returns:
@@ -224,6 +227,7 @@ def mask_ldm_toy(
         "num_res_blocks": 1,
         "num_head_channels": 32,
         "norm_num_groups": 32,
+        "use_flash_attention": use_flash_attention,
     }
     cfg.update(unet_kwargs)
     return _build(
