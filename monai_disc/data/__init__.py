@@ -14,6 +14,7 @@ from .sicapv2 import (
     load_sicapv2_slides,
     summarize_sicapv2,
 )
+from .slide_tiff import pyramid_shapes, write_pyramid_tiff
 from .toy import make_toy_sicapv2, save_contact_sheet
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "load_sicapv2_slides",
     "make_toy_sicapv2",
     "panda_mask_to_labels",
+    "pyramid_shapes",
     "save_contact_sheet",
     "summarize_sicapv2",
+    "write_pyramid_tiff",
 ]
