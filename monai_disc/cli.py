@@ -53,8 +53,29 @@ def _generate_slides(args: argparse.Namespace) -> None:
         save_plans(plans, plans_path, bank)
     print(f"{len(plans)} synthetic slides planned to bring every primary grade to {args.target} slides")
     generator = load_generator(args.generator, args.bundles, steps=args.steps)
+    if args.as_wsi:
+        from monai_disc.generate_region import generate_wsi_slides
+
+        table = generate_wsi_slides(plans, out / f"{args.generator}_wsi", generator, bank, args.wsi_size, mpp=args.mpp)
+        print(f"slides: {table}" if table else "this rank is done; the last rank to finish writes train.csv")
+        return
     manifest = generate_slides(plans, out / args.generator, generator, bank, batch_size=args.batch_size)
     print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish writes the manifest")
+
+
+def _generate_region(args: argparse.Namespace) -> None:
+    from monai_disc.generate_region import generate_region, mask_path_for
+    from monai_disc.generators import load_generator
+    from monai_disc.inferers import RegionSampler
+    from monai_disc.masks import load_slide_mask
+
+    mask = load_slide_mask(args.mask, level=args.mask_level)
+    generator = load_generator(
+        args.generator, args.bundles, steps=args.num_inference_steps, guidance_scale=args.guidance_scale
+    )
+    region = RegionSampler(generator.sampler, mode=args.mode, progress=True)
+    out = generate_region(mask, args.out, generator, seed=args.seed, mpp=args.mpp, region=region, source=args.mask)
+    print(f"slide: {out}\nmask: {mask_path_for(out)}")
 
 
 def _compare_generators(args: argparse.Namespace) -> None:
@@ -134,7 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps per tile")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--as-wsi", action="store_true", help="write each slide as a pyramidal TIFF + mask (PANDA layout)")
+    p.add_argument("--wsi-size", type=int, nargs=2, default=(512, 2048), metavar=("H", "W"), help="slide size, px")
+    p.add_argument("--mpp", type=float, default=2.0, help="microns per pixel written into the slide TIFFs")
     p.set_defaults(func=_generate_slides)
+
+    p = sub.add_parser("generate-region", help="a seamless region for a slide mask, as a pyramidal TIFF + mask TIFF")
+    p.add_argument("--mask", required=True, help="PNG label map (0..3, 255 glass) or PANDA radboud mask TIFF")
+    p.add_argument("--mask-level", type=int, default=0, help="pyramid level to read a mask TIFF at")
+    p.add_argument("--out", required=True, help="the slide .tiff; the mask goes to OUT_mask.tiff")
+    p.add_argument("--generator", default="sd", choices=["sd", "sc", "disc", "cotrain"])
+    p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
+    p.add_argument("--num-inference-steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance weight")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mpp", type=float, default=2.0, help="microns per pixel of the mask's pixels")
+    p.add_argument("--mode", default="average", choices=["average", "shift"], help="how windows agree per step")
+    p.set_defaults(func=_generate_region)
 
     p = sub.add_parser("compare-generators", help="SD, SD-SC, SD-DISC, SD-DISC-CoTrain on the same masks and seeds")
     p.add_argument("--data", required=True, help="SICAPv2 root whose held-out masks condition the generators")
