@@ -256,7 +256,7 @@ def generate_wsi_slides(
     generator: Any,
     bank: ShapeBank,
     size: Sequence[int] = (512, 2048),
-    cell: int = 256,
+    cell: int | None = None,
     mpp: float = 2.0,
     region: RegionSampler | None = None,
     rank: int | None = None,
@@ -282,7 +282,7 @@ def generate_wsi_slides(
         generator: an :class:`monai_disc.generate_slides.LDMGenerator`.
         bank: the shape bank of the plans.
         size: (H, W) of every slide in pixels.
-        cell: side of one Gleason shape on the slide, in pixels.
+        cell: side of one Gleason shape on the slide, in pixels (None: half the short side).
         mpp: microns per pixel of level 0.
         region: the window rule (None: the default :class:`RegionSampler` of the generator's sampler).
         rank, world_size: this process's shard; None reads torch.distributed or torchrun's environment.

@@ -153,7 +153,7 @@ def plan_slide_mask(
     plan: SlidePlan,
     bank: ShapeBank,
     size: Sequence[int] = (512, 2048),
-    cell: int = 256,
+    cell: int | None = None,
     n_cores: int | None = None,
 ) -> np.ndarray:
     """A slide mask drawn from a slide plan: biopsy cores filled with the plan's Gleason shapes.
@@ -167,7 +167,7 @@ def plan_slide_mask(
         plan: the slide plan (:func:`monai_disc.sampling.plan_synthetic_slides`).
         bank: the shape bank the plan was made with.
         size: (H, W) of the slide mask in pixels.
-        cell: side of a Gleason shape on the slide, in pixels.
+        cell: side of a Gleason shape on the slide, in pixels; None: half the slide's short side.
         n_cores: tissue strips; None draws 2 or 3.
 
     Returns:
@@ -179,6 +179,7 @@ def plan_slide_mask(
     h, w = int(size[0]), int(size[1])
     if plan.n_tiles == 0:
         raise ValueError(f"slide {plan.slide_id} is planned with no tile")
+    cell = max(1, min(h, w) // 2) if cell is None else int(cell)
     if not 1 <= cell <= min(h, w):
         raise ValueError(f"cell {cell} must lie in 1..{min(h, w)} (the slide's short side)")
     rng = np.random.default_rng([int(plan.seed) & 0xFFFFFFFF, int(plan.index), 7])
