@@ -181,7 +181,7 @@ def generate_region(
     _open_partial(partial, settings)
 
     tissue = mask != BACKGROUND
-    labels = np.where(tissue, mask, 0).astype(np.int64)
+    labels = np.where(tissue, mask, 0).astype(np.uint8)
     state_path = partial / "latent.pt"
     start, state = 0, None
     if state_path.is_file():

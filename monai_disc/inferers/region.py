@@ -136,7 +136,8 @@ class RegionSampler:
         mode: ``"average"`` (fixed overlapping grid, predictions averaged) or ``"shift"`` (grid moved by a
             random offset every step, DiffInfinite).
         window_batch_size: windows per denoiser call (memory, not the result, depends on it).
-        decode_window: latent pixels per decoded chunk (32: 128 px chunks for the toy autoencoder).
+        decode_window: latent pixels per decoded chunk (16: the 64 px tiles the toy autoencoder was trained on;
+            its decoder's attention reads larger chunks less faithfully, measured in bench/bench_region.py).
         decode_overlap: latent pixels shared by neighbouring decoded chunks, blended by linear ramps.
         decode_batch_size: chunks per decoder call.
         token_cache_size: mask-token sets kept (windows with the same labels share tokens); 0 recomputes.
@@ -153,8 +154,8 @@ class RegionSampler:
         overlap: int = 8,
         mode: str = "average",
         window_batch_size: int = 16,
-        decode_window: int = 32,
-        decode_overlap: int = 8,
+        decode_window: int = 16,
+        decode_overlap: int = 4,
         decode_batch_size: int = 4,
         token_cache_size: int = 1024,
         progress: bool = False,
@@ -250,7 +251,7 @@ class RegionSampler:
         """z_0 of a region.
 
         Args:
-            mask: integer labels (H, W) in 0..K-1 (the conditioning; background drawn as NC).
+            mask: integer labels (H, W) in 0..K-1 (the conditioning; glass drawn as NC); K <= 255.
             autoencoder: first stage (for ``downsample_factor``).
             denoiser: a :class:`monai_disc.networks.MaskConditionedUNet`.
             seed: the noise seed; z_T is ``MaskLDMSampler.make_noise([seed], (C, h, w))``, so a one-window region
@@ -276,7 +277,7 @@ class RegionSampler:
         device = next(denoiser.parameters()).device
         factor = int(getattr(autoencoder, "downsample_factor", 4))
         h, w = self.check_size(mask.shape, factor)
-        mask = mask.long().to(device)
+        mask = mask.to(device=device, dtype=torch.uint8)  # one byte a pixel: a 4096 px mask is 16 MB
         n = self.num_inference_steps
         if latent is None:
             if start_step:
@@ -309,7 +310,7 @@ class RegionSampler:
         for i in tqdm(range(start_step, n), desc="region DDIM", leave=False, disable=not self.progress):
             separated = self.separated and (self.fuse_step is None or i < self.fuse_step)
             if self.separated and not separated and x.shape[0] != 1:  # the fusion step of SC with fuse_step
-                x = fuse_latents(x[None], mask[None])
+                x = fuse_latents(x[None], small[None])
             if separated and x.shape[0] != k or not separated and x.shape[0] != 1:
                 raise ValueError(f"resume state has {x.shape[0]} branches, step {i} needs {k if separated else 1}.")
             jobs: list[tuple[int, int, int]] = []  # (branch, y, x) in a fixed order
@@ -353,7 +354,7 @@ class RegionSampler:
             if callback is not None:
                 callback(i + 1, x)
         if x.shape[0] != 1:
-            x = fuse_latents(x[None], mask[None])
+            x = fuse_latents(x[None], small[None])
         return x[0].float()
 
     # ------------------------------------------------------------------------------------------
