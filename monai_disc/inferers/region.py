@@ -156,7 +156,7 @@ class RegionSampler:
         window_batch_size: int = 16,
         decode_window: int = 16,
         decode_overlap: int = 4,
-        decode_batch_size: int = 4,
+        decode_batch_size: int = 16,
         token_cache_size: int = 1024,
         progress: bool = False,
     ) -> None:
