@@ -138,7 +138,9 @@ class RegionSampler:
         window_batch_size: windows per denoiser call (memory, not the result, depends on it).
         decode_window: latent pixels per decoded chunk (16: the 64 px tiles the toy autoencoder was trained on;
             its decoder's attention reads larger chunks less faithfully, measured in bench/bench_region.py).
-        decode_overlap: latent pixels shared by neighbouring decoded chunks, blended by linear ramps.
+        decode_overlap: latent pixels shared by neighbouring decoded chunks, blended by linear ramps. With
+            ``decode_window == window`` and ``decode_overlap == overlap`` (the defaults) the chunks lie on the
+            sampling windows, which the ruler reads best (bench/bench_region.py).
         decode_batch_size: chunks per decoder call.
         token_cache_size: mask-token sets kept (windows with the same labels share tokens); 0 recomputes.
         progress: show a tqdm bar over the steps.
@@ -151,7 +153,7 @@ class RegionSampler:
         self,
         sampler: MaskLDMSampler | SeparatedConditionInferer,
         window: int = 16,
-        overlap: int = 8,
+        overlap: int = 4,
         mode: str = "average",
         window_batch_size: int = 16,
         decode_window: int = 16,
