@@ -47,6 +47,7 @@ from monai_disc.visualize import to_uint8
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 TILE = 64  # the toy denoiser's window in pixels (16 x 16 latents)
 RULES = {  # name -> RegionSampler options (decoded chunks on the sampling windows where there is a fixed grid)
+    "no agreement (overlap 0, one noise)": {"mode": "average", "overlap": 0, "decode_overlap": 0},
     "average, overlap 8": {"mode": "average", "overlap": 8, "decode_overlap": 8},
     "average, overlap 4 (default)": {"mode": "average", "overlap": 4, "decode_overlap": 4},
     "average, overlap 4, decoded off-grid": {"mode": "average", "overlap": 4, "decode_overlap": 8},
@@ -172,11 +173,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
-def _memory_child(size: int, steps: int, mode: str) -> None:
+def _memory_child(mask_path: str, steps: int, mode: str) -> None:
     from monai_disc.generate_region import generate_region
 
     gen = load_generator("sd", BUNDLES, steps=steps)
-    mask = slide_mask(size, 0)
+    mask = np.load(mask_path)  # drawn by the parent: drawing it here would set the high-water mark
+    size = mask.shape[0]
     region = RegionSampler(gen.sampler, mode=mode, window_batch_size=16)
     with torch.no_grad():  # warm up the network's buffers once, so the baseline holds them
         gen.denoiser(torch.zeros(16, 3, 16, 16), torch.zeros(16, dtype=torch.long), mask=torch.zeros(16, 64, 64).long())
@@ -192,8 +194,11 @@ def _memory_child(size: int, steps: int, mode: str) -> None:
 def memory(sizes: list[int], steps: int, mode: str) -> list[dict]:
     out = []
     for size in sizes:
-        cmd = [sys.executable, __file__, "--memory-child", str(size), "--num-inference-steps", str(steps)]
-        proc = subprocess.run(cmd + ["--mode", mode], capture_output=True, text=True, env=os.environ.copy())
+        with tempfile.TemporaryDirectory() as tmp:
+            np.save(Path(tmp) / "mask.npy", slide_mask(size, 0))
+            cmd = [sys.executable, __file__, "--memory-child", str(Path(tmp) / "mask.npy"), "--mode", mode]
+            cmd += ["--num-inference-steps", str(steps)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
         if proc.returncode:
             raise RuntimeError(proc.stderr[-2000:])
         out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -259,7 +264,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--mode", default="average", choices=["average", "shift"])
     parser.add_argument("--picture", type=Path, help="write the docs picture into this folder instead")
-    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.memory_child:
