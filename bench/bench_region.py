@@ -169,8 +169,20 @@ def format_table(table: list[dict], size: int, n_masks: int, steps: int) -> str:
 # ----------------------------------------------------------------------------------------------
 # memory
 # ----------------------------------------------------------------------------------------------
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+def _status_mb(field: str) -> float:
+    """A memory line of /proc/self/status in MB (VmHWM: peak resident memory of this process image)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # no procfs: the (inherited) max RSS
+
+
+def _reset_peak() -> None:
+    """Start the peak afresh (Linux >= 4.0): ru_maxrss would keep the parent's peak across fork and exec."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def _memory_child(mask_path: str, steps: int, mode: str) -> None:
@@ -183,12 +195,13 @@ def _memory_child(mask_path: str, steps: int, mode: str) -> None:
     with torch.no_grad():  # warm up the network's buffers once, so the baseline holds them
         gen.denoiser(torch.zeros(16, 3, 16, 16), torch.zeros(16, dtype=torch.long), mask=torch.zeros(16, 64, 64).long())
         gen.autoencoder.decode_stage_2_outputs(torch.zeros(4, 3, 32, 32))
-    base = _peak_rss_mb()
+    _reset_peak()
+    base = _status_mb("VmRSS")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         generate_region(mask, Path(tmp) / "r.tiff", gen, region=region, progress=False)
         seconds = time.perf_counter() - start
-    print(json.dumps({"size": size, "base_mb": base, "peak_mb": _peak_rss_mb(), "seconds": seconds}))
+    print(json.dumps({"size": size, "base_mb": base, "peak_mb": _status_mb("VmHWM"), "seconds": seconds}))
 
 
 def memory(sizes: list[int], steps: int, mode: str) -> list[dict]:
