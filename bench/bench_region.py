@@ -49,7 +49,8 @@ TILE = 64  # the toy denoiser's window in pixels (16 x 16 latents)
 RULES = {  # name -> RegionSampler options (decoded chunks on the sampling windows where there is a fixed grid)
     "no agreement (overlap 0, one noise)": {"mode": "average", "overlap": 0, "decode_overlap": 0},
     "average, overlap 8": {"mode": "average", "overlap": 8, "decode_overlap": 8},
-    "average, overlap 4 (default)": {"mode": "average", "overlap": 4, "decode_overlap": 4},
+    "average, overlap 4, ramps (default)": {"mode": "average", "overlap": 4, "decode_overlap": 4},
+    "average, overlap 4, plain mean": {"mode": "average", "overlap": 4, "decode_overlap": 4, "blend": "uniform"},
     "average, overlap 4, decoded off-grid": {"mode": "average", "overlap": 4, "decode_overlap": 8},
     "shift (DiffInfinite)": {"mode": "shift", "overlap": 0, "decode_overlap": 4},
 }
