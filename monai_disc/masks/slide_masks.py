@@ -54,7 +54,7 @@ def _lut(mapping: dict[int, int], default: int) -> np.ndarray:
 
 def labels_to_radboud(mask: np.ndarray) -> np.ndarray:
     """PANDA radboud values of a slide mask: glass 0, NC 1 (stroma), GG3/4/5 -> 3/4/5 (uint8)."""
-    return _lut(_SLIDE_LABEL_TO_RADBOUD, 0)[np.asarray(mask, dtype=np.uint8)].astype(np.uint8)
+    return _lut(_SLIDE_LABEL_TO_RADBOUD, 0).astype(np.uint8)[np.asarray(mask, dtype=np.uint8)]
 
 
 def _bad_values(values: np.ndarray, allowed: Sequence[int]) -> list[int]:
