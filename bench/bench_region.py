@@ -223,39 +223,47 @@ def memory(sizes: list[int], steps: int, mode: str) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # picture
 # ----------------------------------------------------------------------------------------------
-def picture(out_dir: Path, size: int, steps: int, mode: str, seed: int, max_side: int = 1024) -> None:
+def legend_strip(img, caption: str, height: int = 28):
+    """``img`` (a PIL picture) with a strip below it: the label colours and names, then ``caption``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from monai_disc.labels import LABEL_COLORS, LABEL_NAMES
+
+    out = Image.new("RGB", (img.width, img.height + height), (255, 255, 255))
+    out.paste(img, (0, 0))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=14)
+    x, y = 6, img.height + 6
+    for label, name in zip(LABEL_COLORS, LABEL_NAMES):
+        draw.rectangle([x, y, x + 16, y + 16], fill=LABEL_COLORS[label], outline=(0, 0, 0))
+        draw.text((x + 21, y), name, fill=(0, 0, 0), font=font)
+        x += 70
+    draw.text((x + 10, y), caption, fill=(0, 0, 0), font=font)
+    return out
+
+
+def picture(out_dir: Path, size: int, steps: int, mode: str, seed: int, width: int = 1200) -> None:
     from PIL import Image
 
-    from monai_disc.labels import LABEL_COLORS, LABEL_NAMES, colorize
+    from monai_disc.labels import colorize
 
     gen = load_generator("sd", BUNDLES, steps=steps)
     mask = slide_mask(size, seed)
     region_sampler = RegionSampler(gen.sampler, mode=mode, window_batch_size=32, progress=True)
     region, t_region = _timed(region_sampler.sample, torch.from_numpy(mask), gen.autoencoder, gen.denoiser, seed)
     naive, t_naive = _timed(naive_tiling, mask, gen, seed)
-    gap, legend_h = 16, 40
-    panels = [colorize(mask), region, naive]
-    canvas = np.full((size + legend_h, 3 * size + 2 * gap, 3), 255, np.uint8)
-    for i, p in enumerate(panels):
-        canvas[:size, i * (size + gap) : i * (size + gap) + size] = p
+    gap = 16
+    canvas = np.full((size, 3 * size + 2 * gap, 3), 255, np.uint8)
+    for i, p in enumerate([colorize(mask), region, naive]):
+        canvas[:, i * (size + gap) : i * (size + gap) + size] = p
     img = Image.fromarray(canvas)
-    scale = max_side * 3 / canvas.shape[1] if canvas.shape[1] > max_side * 3 else 1.0
-    img = img.resize((int(canvas.shape[1] * scale), int(canvas.shape[0] * scale)), Image.LANCZOS)
-    from PIL import ImageDraw
-
-    draw = ImageDraw.Draw(img)
-    y = int(size * scale) + 8
-    x = 8
-    for label, name in zip(LABEL_COLORS, LABEL_NAMES):
-        draw.rectangle([x, y, x + 20, y + 20], fill=LABEL_COLORS[label], outline=(0, 0, 0))
-        draw.text((x + 26, y + 4), name, fill=(0, 0, 0))
-        x += 90
-    draw.text((x + 20, y + 4), f"mask | region sampler ({mode}) | naive tiling; {size} px, {steps} DDIM steps", fill=0)
+    img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
+    caption = f"mask | region sampler ({mode}) | naive tiling: {size} px, {steps} DDIM steps, SD"
     out_dir.mkdir(parents=True, exist_ok=True)
-    img.save(out_dir / "region_2048.png", optimize=True)
+    legend_strip(img, caption).save(out_dir / "region_2048.png", optimize=True)
     crop = slice(size // 2 - 128, size // 2 + 128)
     zoom = np.concatenate([region[crop, crop], np.full((256, 8, 3), 255, np.uint8), naive[crop, crop]], axis=1)
-    Image.fromarray(zoom).resize((2 * zoom.shape[1], 512), Image.NEAREST).save(out_dir / "region_zoom.png")
+    Image.fromarray(zoom).save(out_dir / "region_zoom.png", optimize=True)
     print(
         json.dumps(
             {
