@@ -5,8 +5,9 @@ the region's latent is denoised window by window and the windows are made to agr
 no seam is left where they meet (MultiDiffusion, Bar-Tal et al. 2023; DiffInfinite, Aversa et al. 2023):
 
 - ``mode="average"``: a fixed grid of windows overlapping by ``overlap`` latent pixels; at every step each
-  window predicts the noise of its crop, the predictions are averaged where windows overlap, and one DDIM step
-  runs on the whole latent (DDIM's step acts on each pixel alone, so that is exact).
+  window predicts the noise of its crop, the predictions are averaged where windows overlap (by default with
+  linear ramps that weight each window's border down where a neighbour covers it), and one DDIM step runs on
+  the whole latent (DDIM's step acts on each pixel alone, so that is exact).
 - ``mode="shift"``: DiffInfinite's rule. At every step the grid of (almost) non-overlapping windows is moved by
   a random offset drawn from (seed, step), so a window's border never falls on the same pixels twice; windows
   clipped by the region's edge are moved inside it and averaged with their neighbours.
@@ -378,7 +379,8 @@ class RegionSampler:
                     wgt = torch.from_numpy(np.outer(wy[y0], wx[x0])).to(eps)
                     eps_sum[b, :, y0 : y0 + ws, x0 : x0 + ws] += eps[j] * wgt
                     count[b, :, y0 : y0 + ws, x0 : x0 + ws] += wgt
-            eps = eps_sum / count.clamp_(min=1)
+            # normalise by the summed weights (below 1 beside a skipped glass window); 0 where no window ran
+            eps = eps_sum / torch.where(count > 0, count, torch.ones_like(count))
             x, _ = scheduler.step(eps, steps[i], x)
             if callback is not None:
                 callback(i + 1, x)

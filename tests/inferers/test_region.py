@@ -237,3 +237,18 @@ def test_a_radboud_mask_tiff_is_read_at_the_chosen_level(tmp_path):
     bad[0, 0, 0] = 9
     with pytest.raises(ValueError, match=r"nine\.tiff.*\[9\]"):
         load_slide_mask(write_pyramid_tiff(tmp_path / "nine.tiff", bad, mpp=0.5, nearest=True))
+
+
+def test_ramp_weights_beside_glass_are_normalised_not_shrunk():
+    """A window whose neighbours are skipped (glass) keeps its whole prediction on its ramped border columns."""
+    gen = load_generator("sd", BUNDLES, steps=2)
+    mask = _mask(64, 128, seed=4)
+    tissue = torch.zeros(64, 128, dtype=torch.bool)
+    tissue[:, :40] = True  # latent columns 0..9: of the windows at x = 0, 12, 16 only the first holds tissue
+    ramp, plain = (
+        RegionSampler(gen.sampler, overlap=4, blend=blend).sample_latent(
+            mask, gen.autoencoder, gen.denoiser, seed=2, tissue=tissue
+        )
+        for blend in ("ramp", "uniform")
+    )
+    torch.testing.assert_close(ramp[:, :, :16], plain[:, :, :16], atol=1e-5, rtol=0)
