@@ -227,17 +227,17 @@ class RegionSampler:
         xs = window_starts(w, self.window, stride, ox)
         return [(y, x) for y in ys for x in xs]
 
-    def _weights(self, starts: list[int]) -> dict[int, np.ndarray]:
-        """Per start: the 1-D weights of its window (ramps over the overlaps with its neighbours, or ones)."""
+    def _ramps(self, starts: list[int]) -> dict[int, tuple[int, int]]:
+        """Per start: the lengths of the ramps of its window (overlaps with its neighbours; 0, 0 when uniform)."""
         ws = self.window
         out = {}
         for i, s in enumerate(starts):
             if self.blend == "uniform":
-                out[s] = np.ones(ws, dtype=np.float32)
+                out[s] = (0, 0)
                 continue
             before = starts[i - 1] + ws - s if i else 0
             after = s + ws - starts[i + 1] if i + 1 < len(starts) else 0
-            out[s] = _ramp(ws, before, after)
+            out[s] = (before, after)
         return out
 
     def check_size(self, mask_size: Sequence[int], factor: int) -> tuple[int, int]:
@@ -332,6 +332,7 @@ class RegionSampler:
             denoiser.encode_mask(uniform_masks(k, (self.window * factor,) * 2, device)) if self.separated else None
         )
 
+        weights: dict[tuple[tuple[int, int], tuple[int, int]], Tensor] = {}
         x = latent
         for i in tqdm(range(start_step, n), desc="region DDIM", leave=False, disable=not self.progress):
             separated = self.separated and (self.fuse_step is None or i < self.fuse_step)
@@ -341,8 +342,8 @@ class RegionSampler:
                 raise ValueError(f"resume state has {x.shape[0]} branches, step {i} needs {k if separated else 1}.")
             jobs: list[tuple[int, int, int]] = []  # (branch, y, x) in a fixed order
             grid = self.positions((h, w), i, seed)
-            wy = self._weights(sorted({p[0] for p in grid}))
-            wx = self._weights(sorted({p[1] for p in grid}))
+            ry = self._ramps(sorted({p[0] for p in grid}))
+            rx = self._ramps(sorted({p[1] for p in grid}))
             for y0, x0 in grid:
                 if live is not None:
                     y1, x1 = y0 + self.window, x0 + self.window
@@ -376,9 +377,15 @@ class RegionSampler:
                     eps_u, eps_c = eps.chunk(2)
                     eps = eps_u + guidance * (eps_c - eps_u)
                 for j, (b, y0, x0) in enumerate(batch):
-                    wgt = torch.from_numpy(np.outer(wy[y0], wx[x0])).to(eps)
-                    eps_sum[b, :, y0 : y0 + ws, x0 : x0 + ws] += eps[j] * wgt
-                    count[b, :, y0 : y0 + ws, x0 : x0 + ws] += wgt
+                    key = (ry[y0], rx[x0])
+                    if key == ((0, 0), (0, 0)):  # a window no neighbour overlaps: weight 1, added as is
+                        eps_sum[b, :, y0 : y0 + ws, x0 : x0 + ws] += eps[j]
+                        count[b, :, y0 : y0 + ws, x0 : x0 + ws] += 1
+                        continue
+                    if key not in weights:  # a handful of ramp shapes, built once per call
+                        weights[key] = torch.from_numpy(np.outer(_ramp(ws, *key[0]), _ramp(ws, *key[1]))).to(eps)
+                    eps_sum[b, :, y0 : y0 + ws, x0 : x0 + ws] += eps[j] * weights[key]
+                    count[b, :, y0 : y0 + ws, x0 : x0 + ws] += weights[key]
             # normalise by the summed weights (below 1 beside a skipped glass window); 0 where no window ran
             eps = eps_sum / torch.where(count > 0, count, torch.ones_like(count))
             x, _ = scheduler.step(eps, steps[i], x)
