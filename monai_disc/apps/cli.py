@@ -47,9 +47,24 @@ def _generate_slides(args: argparse.Namespace) -> None:
         args.data, args.out, args.generator, args.bundles, target=args.target, tiles=args.tiles,
         tile_size=args.tile_size, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
         seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
+        wsi_size=args.wsi_size if args.as_wsi else None, mpp=args.mpp,
     )  # fmt: skip
     print(f"{len(plans)} synthetic slides planned to bring every primary grade to {args.target} slides")
     print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish writes the manifest")
+
+
+def _generate_region(args: argparse.Namespace) -> None:
+    from monai_disc.apps.generate_region import generate_region, mask_path_for
+    from monai_disc.inferers import RegionSampler, load_generator
+    from monai_disc.masks import load_slide_mask
+
+    mask = load_slide_mask(args.mask, level=args.mask_level)
+    generator = load_generator(
+        args.generator, args.bundles, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale
+    )
+    region = RegionSampler(generator.sampler, mode=args.mode, progress=True)
+    out = generate_region(mask, args.out, generator, seed=args.seed, mpp=args.mpp, region=region, source=args.mask)
+    print(f"slide: {out}\nmask: {mask_path_for(out)}")
 
 
 def _compare_generators(args: argparse.Namespace) -> None:
@@ -224,7 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="start over in a folder written with other settings")
+    p.add_argument("--as-wsi", action="store_true", help="write each slide as a pyramidal TIFF + mask (PANDA layout)")
+    p.add_argument("--wsi-size", type=int, nargs=2, default=(512, 2048), metavar=("H", "W"), help="slide size, px")
+    p.add_argument("--mpp", type=float, default=2.0, help="microns per pixel written into the slide TIFFs")
     p.set_defaults(func=_generate_slides)
+
+    p = sub.add_parser("generate-region", help="a seamless region for a slide mask, as a pyramidal TIFF + mask TIFF")
+    p.add_argument("--mask", required=True, help="PNG label map (0..3, 255 glass) or PANDA radboud mask TIFF")
+    p.add_argument("--mask-level", type=int, default=0, help="pyramid level to read a mask TIFF at")
+    p.add_argument("--out", required=True, help="the slide .tiff; the mask goes to OUT_mask.tiff")
+    _add_sampling(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mpp", type=float, default=2.0, help="microns per pixel of the mask's pixels")
+    p.add_argument("--mode", default="average", choices=["average", "shift"], help="how windows agree per step")
+    p.set_defaults(func=_generate_region)
 
     p = sub.add_parser("compare-generators", help="SD, SD-SC, SD-DISC, SD-DISC-CoTrain on the same masks and seeds")
     p.add_argument("--data", required=True, help="SICAPv2 root whose held-out masks condition the generators")

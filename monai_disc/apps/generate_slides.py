@@ -313,6 +313,8 @@ def run_generate_slides(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    wsi_size: Sequence[int] | None = None,
+    mpp: float = 2.0,
 ) -> tuple[list[SlidePlan], Path | None]:
     """The `generate-slides` job: one shape bank and plan in `out`, one slide folder per generator under it.
 
@@ -334,9 +336,13 @@ def run_generate_slides(
         seed: plan seed.
         overwrite: start over instead of stopping at other settings.
         progress: show a progress bar.
+        wsi_size: (H, W): write each slide as one pyramidal TIFF + mask of this size in the PANDA layout
+            (:func:`monai_disc.apps.generate_region.generate_wsi_slides`, into ``out/<generator>_wsi``) instead of
+            a bag of tiles.
+        mpp: microns per pixel written into those TIFFs.
 
     Returns:
-        (plans, manifest path or None when other ranks still have slides to draw).
+        (plans, the manifest path (``train.csv`` for slide files), or None when other ranks still have slides).
 
     Raises:
         ValueError: a target under 1, a tile size the generator cannot draw, nothing to generate, or outputs of
@@ -380,6 +386,12 @@ def run_generate_slides(
         "weights": file_digest(bundle_file(GENERATORS[generator].weights, bundles)),
         "autoencoder": file_digest(bundle_file(AUTOENCODER_WEIGHTS, bundles)),
     }
+    if wsi_size is not None:
+        from monai_disc.apps.generate_region import generate_wsi_slides
+
+        wsi_dir = out / f"{generator}_wsi"
+        job_settings(wsi_dir, {**own, "wsi_size": [int(s) for s in wsi_size], "mpp": float(mpp)}, overwrite=overwrite)
+        return plans, generate_wsi_slides(plans, wsi_dir, tile_generator, bank, tuple(wsi_size), mpp=mpp)
     job_settings(out / generator, own, overwrite=overwrite)
     manifest = generate_slides(plans, out / generator, tile_generator, bank, batch_size=batch_size, progress=progress)
     return plans, manifest

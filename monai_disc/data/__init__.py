@@ -15,6 +15,7 @@ from .sicapv2 import (
     summarize_sicapv2,
 )
 from .slide_bags import list_slide_bags
+from .slide_tiff import pyramid_shapes, write_pyramid_tiff
 from .toy import make_toy_sicapv2, save_contact_sheet
 from .wsi import SlideTileLoader, detect_tissue, load_wsi_bags, open_slide, read_tile, tile_slide
 
@@ -32,8 +33,10 @@ __all__ = [
     "open_slide",
     "make_toy_sicapv2",
     "panda_mask_to_labels",
+    "pyramid_shapes",
     "read_tile",
     "save_contact_sheet",
     "summarize_sicapv2",
     "tile_slide",
+    "write_pyramid_tiff",
 ]

@@ -1,4 +1,4 @@
-"""Sampling: mask-conditioned DDIM or PLMS (SD), separated conditions (SD-SC) built on it, the generator registry."""
+"""Sampling: mask-conditioned DDIM or PLMS (SD), separated conditions (SD-SC), regions of any size, the generator registry."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .mask_ldm import (
     latent_shape_for,
     tile_size_multiple,
 )
+from .region import REGION_MODES, RegionSampler, window_starts
 from .schedulers import PLMSScheduler, plms_scheduler
 from .separated import SeparatedConditionInferer, fuse_latents, present_labels, uniform_masks
 
@@ -22,6 +23,8 @@ __all__ = [
     "LDMGenerator",
     "MaskLDMSampler",
     "PLMSScheduler",
+    "REGION_MODES",
+    "RegionSampler",
     "SeparatedConditionInferer",
     "TileGenerator",
     "ddim_scheduler",
@@ -32,4 +35,5 @@ __all__ = [
     "present_labels",
     "tile_size_multiple",
     "uniform_masks",
+    "window_starts",
 ]

@@ -1,9 +1,10 @@
-"""Making generation masks: the m_freq shape bank, random masks from it, and synthetic tile and slide plans."""
+"""Making masks: the m_freq shape bank, random masks from it, tile and slide plans, and slide-level masks."""
 
 from __future__ import annotations
 
 from .bank import (
     DEFAULT_MIN_FRACTION,
+    MIN_MASK_SIZE,
     RandomState,
     ShapeBank,
     drawable_labels,
@@ -26,8 +27,22 @@ from .plans import (
     secondary_candidates,
     tile_noise_seed,
 )
+from .slide_masks import (
+    BACKGROUND,
+    RADBOUD_TO_SLIDE_LABEL,
+    biopsy_cores,
+    labels_to_radboud,
+    load_slide_mask,
+    plan_slide_mask,
+)
 
 __all__ = [
+    "BACKGROUND",
+    "RADBOUD_TO_SLIDE_LABEL",
+    "biopsy_cores",
+    "labels_to_radboud",
+    "load_slide_mask",
+    "plan_slide_mask",
     "DEFAULT_CONCENTRATION",
     "DEFAULT_MIN_FRACTION",
     "MIN_MASK_SIZE",

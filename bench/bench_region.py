@@ -1,0 +1,307 @@
+"""Regions of any size: seams, fidelity, cost and memory of the region sampler against tile-by-tile SD.
+
+Side by side in one run, on toy slide masks drawn like annotations (:func:`monai_disc.data.toy.draw_mask`, all
+tissue), with the shipped toy networks (64 px windows):
+
+- seams: mean gradient magnitude on the lines where a naive tiling cuts (every 64 px, both directions) over the
+  mean elsewhere; for naive tiling (each 64 px tile drawn alone with SD: the control), the region sampler in
+  each window rule, and real toy tissue drawn for the same mask (:func:`monai_disc.data.toy.draw_tissue`), the
+  target (within 5 %);
+- fidelity: the CarcinoNet ruler (bundles/carcinonet) read over the region by MONAI's sliding window (64 px,
+  overlap 0.5, gaussian) against the mask: mIoU, against tile-by-tile SD (goal: within 0.03);
+- cost: seconds per megapixel of sampling and decoding, as a ratio to tile-by-tile SD (goal: <= 1.5);
+- peak memory (``--memory``): peak resident memory of ``generate_region`` for 1024, 2048 and 4096 px regions,
+  each in its own process, above that process's memory after loading the networks (goal: flat).
+
+    PYTHONPATH=$PWD python bench/bench_region.py --size 512 --masks 2 --num-inference-steps 20
+    PYTHONPATH=$PWD python bench/bench_region.py --memory --sizes 1024 2048 4096 --num-inference-steps 1
+    PYTHONPATH=$PWD python bench/bench_region.py --picture docs/images --size 2048 --mode shift
+
+Measured on a shared 2-core CPU: docs/generators.md ("Regions of any size") has the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from monai_disc.data.toy import draw_mask, draw_tissue
+from monai_disc.inferers import RegionSampler, load_generator, load_weights
+from monai_disc.labels import NUM_CLASSES
+from monai_disc.metrics.pixel import PixelGradingMetric
+from monai_disc.networks import carcinonet_toy
+from monai_disc.visualize import to_uint8
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+TILE = 64  # the toy denoiser's window in pixels (16 x 16 latents)
+RULES = {  # name -> RegionSampler options (decoded chunks on the sampling windows where there is a fixed grid)
+    "no agreement (overlap 0, one noise)": {"mode": "average", "overlap": 0, "decode_overlap": 0},
+    "average, overlap 8": {"mode": "average", "overlap": 8, "decode_overlap": 8},
+    "average, overlap 4, ramps (default)": {"mode": "average", "overlap": 4, "decode_overlap": 4},
+    "average, overlap 4, plain mean": {"mode": "average", "overlap": 4, "decode_overlap": 4, "blend": "uniform"},
+    "average, overlap 4, decoded off-grid": {"mode": "average", "overlap": 4, "decode_overlap": 8},
+    "shift (DiffInfinite)": {"mode": "shift", "overlap": 0, "decode_overlap": 4},
+}
+
+
+def slide_mask(size: int, seed: int) -> np.ndarray:
+    """A toy annotation of a region: NC with two or three Gleason patterns in large smooth regions."""
+    rng = np.random.default_rng([seed, size])
+    labels = [0, *sorted(rng.choice([1, 2, 3], size=int(rng.integers(2, 4)), replace=False).tolist())]
+    return draw_mask((size, size), labels, rng, smoothness=0.12, min_fraction=0.1).astype(np.uint8)
+
+
+def seam_ratio(image: np.ndarray, period: int = TILE) -> float:
+    """Mean |gradient| across the naive tiling's cut lines over the mean |gradient| across all other lines."""
+    grey = image.astype(np.float32).mean(axis=2)
+    dx = np.abs(np.diff(grey, axis=1))  # dx[:, j] is between columns j and j + 1
+    dy = np.abs(np.diff(grey, axis=0))
+    cut_x = np.zeros(dx.shape[1], bool)
+    cut_x[period - 1 :: period] = True
+    cut_y = np.zeros(dy.shape[0], bool)
+    cut_y[period - 1 :: period] = True
+    on = np.concatenate([dx[:, cut_x].ravel(), dy[cut_y].ravel()]).mean()
+    off = np.concatenate([dx[:, ~cut_x].ravel(), dy[~cut_y].ravel()]).mean()
+    return float(on / off)
+
+
+def naive_tiling(mask: np.ndarray, gen, seed: int, batch: int = 16) -> np.ndarray:
+    """Each 64 px tile drawn alone by the window sampler (SD tile by tile), pasted side by side."""
+    h, w = mask.shape
+    tiles = torch.from_numpy(mask.astype(np.int64)).unfold(0, TILE, TILE).unfold(1, TILE, TILE).reshape(-1, TILE, TILE)
+    seeds = [seed * 100_003 + i for i in range(tiles.shape[0])]
+    out = torch.cat(
+        [
+            gen.sampler.sample(tiles[i : i + batch], gen.autoencoder, gen.denoiser, seeds=seeds[i : i + batch])
+            for i in range(0, tiles.shape[0], batch)
+        ]
+    )
+    grid = out.reshape(h // TILE, w // TILE, 3, TILE, TILE).permute(2, 0, 3, 1, 4).reshape(3, h, w)
+    return to_uint8(grid)
+
+
+@torch.no_grad()
+def ruler_miou(ruler: torch.nn.Module, image: np.ndarray, mask: np.ndarray) -> float:
+    """mIoU of the ruler's sliding-window reading of a region against its mask."""
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    logits = sliding_window_inference(x, (TILE, TILE), 16, ruler, overlap=0.5, mode="gaussian")
+    metric = PixelGradingMetric(num_classes=NUM_CLASSES)
+    metric(logits.argmax(1), torch.from_numpy(mask.astype(np.int64))[None])
+    return float(metric.aggregate()["miou"])
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def compare(size: int, n_masks: int, steps: int, seed: int) -> list[dict]:
+    gen = load_generator("sd", BUNDLES, num_inference_steps=steps)
+    ruler = load_weights(carcinonet_toy(), BUNDLES / "carcinonet" / "models" / "model.pt")
+    rows: dict[str, dict[str, list[float]]] = {}
+
+    def add(name: str, image: np.ndarray, mask: np.ndarray, seconds: float | None) -> None:
+        row = rows.setdefault(name, {"seams": [], "miou": [], "s_per_mp": []})
+        row["seams"].append(seam_ratio(image))
+        row["miou"].append(ruler_miou(ruler, image, mask))
+        if seconds is not None:
+            row["s_per_mp"].append(seconds / (mask.size / 1e6))
+
+    for m in range(n_masks):
+        mask = slide_mask(size, seed + m)
+        real, _ = draw_tissue(mask, np.random.default_rng([seed, m, 1]))
+        add("real toy tissue", real, mask, None)
+        image, seconds = _timed(naive_tiling, mask, gen, seed + m)
+        add("naive tiling (SD tile by tile)", image, mask, seconds)
+        for name, options in RULES.items():
+            region = RegionSampler(gen.sampler, window_batch_size=32, **options)
+            image, seconds = _timed(region.sample, torch.from_numpy(mask), gen.autoencoder, gen.denoiser, seed + m)
+            add(f"region, {name}", image, mask, seconds)
+        print(f"mask {m + 1}/{n_masks} done", file=sys.stderr, flush=True)
+    naive = float(np.mean(rows["naive tiling (SD tile by tile)"]["s_per_mp"]))
+    real_seams = float(np.mean(rows["real toy tissue"]["seams"]))
+    naive_miou = float(np.mean(rows["naive tiling (SD tile by tile)"]["miou"]))
+    table = []
+    for name, row in rows.items():
+        s = float(np.mean(row["s_per_mp"])) if row["s_per_mp"] else float("nan")
+        table.append(
+            {
+                "name": name,
+                "seams": float(np.mean(row["seams"])),
+                "seams_vs_real": float(np.mean(row["seams"])) / real_seams - 1.0,
+                "miou": float(np.mean(row["miou"])),
+                "miou_vs_naive": float(np.mean(row["miou"])) - naive_miou,
+                "s_per_mp": s,
+                "cost_vs_naive": s / naive,
+            }
+        )
+    return table
+
+
+def format_table(table: list[dict], size: int, n_masks: int, steps: int) -> str:
+    lines = [
+        f"{n_masks} toy masks of {size} px, {steps} DDIM steps, SD weights",
+        "",
+        "| drawing | seam ratio | vs real | ruler mIoU | vs naive | s / MP | cost vs naive |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in table:
+        cost = "" if np.isnan(r["s_per_mp"]) else f"{r['s_per_mp']:.0f} | {r['cost_vs_naive']:.2f}x"
+        lines.append(
+            f"| {r['name']} | {r['seams']:.3f} | {100 * r['seams_vs_real']:+.1f} % | {r['miou']:.3f} | "
+            f"{r['miou_vs_naive']:+.3f} | {cost or ' | '} |"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# memory
+# ----------------------------------------------------------------------------------------------
+def _status_mb(field: str) -> float:
+    """A memory line of /proc/self/status in MB (VmHWM: peak resident memory of this process image)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # no procfs: the (inherited) max RSS
+
+
+def _reset_peak() -> None:
+    """Start the peak afresh (Linux >= 4.0): ru_maxrss would keep the parent's peak across fork and exec."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _memory_child(mask_path: str, steps: int, mode: str) -> None:
+    from monai_disc.apps.generate_region import generate_region
+
+    gen = load_generator("sd", BUNDLES, num_inference_steps=steps)
+    mask = np.load(mask_path)  # drawn by the parent: drawing it here would set the high-water mark
+    size = mask.shape[0]
+    region = RegionSampler(gen.sampler, mode=mode, window_batch_size=16)
+    with torch.no_grad():  # warm up the network's buffers once, so the baseline holds them
+        gen.denoiser(torch.zeros(16, 3, 16, 16), torch.zeros(16, dtype=torch.long), mask=torch.zeros(16, 64, 64).long())
+        gen.autoencoder.decode_stage_2_outputs(torch.zeros(4, 3, 32, 32))
+    _reset_peak()
+    base = _status_mb("VmRSS")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        generate_region(mask, Path(tmp) / "r.tiff", gen, region=region, progress=False)
+        seconds = time.perf_counter() - start
+    print(json.dumps({"size": size, "base_mb": base, "peak_mb": _status_mb("VmHWM"), "seconds": seconds}))
+
+
+def memory(sizes: list[int], steps: int, mode: str) -> list[dict]:
+    out = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            np.save(Path(tmp) / "mask.npy", slide_mask(size, 0))
+            cmd = [sys.executable, __file__, "--memory-child", str(Path(tmp) / "mask.npy"), "--mode", mode]
+            cmd += ["--num-inference-steps", str(steps)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        if proc.returncode:
+            raise RuntimeError(proc.stderr[-2000:])
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(out[-1], file=sys.stderr, flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# picture
+# ----------------------------------------------------------------------------------------------
+def legend_strip(img, caption: str, height: int = 28):
+    """``img`` (a PIL picture) with a strip below it: the label colours and names, then ``caption``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from monai_disc.labels import LABEL_COLORS, LABEL_NAMES
+
+    out = Image.new("RGB", (img.width, img.height + height), (255, 255, 255))
+    out.paste(img, (0, 0))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=14)
+    x, y = 6, img.height + 6
+    for label, name in zip(LABEL_COLORS, LABEL_NAMES):
+        draw.rectangle([x, y, x + 16, y + 16], fill=LABEL_COLORS[label], outline=(0, 0, 0))
+        draw.text((x + 21, y), name, fill=(0, 0, 0), font=font)
+        x += 70
+    draw.text((x + 10, y), caption, fill=(0, 0, 0), font=font)
+    return out
+
+
+def picture(out_dir: Path, size: int, steps: int, mode: str, seed: int, width: int = 1200) -> None:
+    from PIL import Image
+
+    from monai_disc.labels import colorize
+
+    gen = load_generator("sd", BUNDLES, num_inference_steps=steps)
+    mask = slide_mask(size, seed)
+    region_sampler = RegionSampler(gen.sampler, mode=mode, window_batch_size=32, progress=True)
+    region, t_region = _timed(region_sampler.sample, torch.from_numpy(mask), gen.autoencoder, gen.denoiser, seed)
+    naive, t_naive = _timed(naive_tiling, mask, gen, seed)
+    gap = 16
+    canvas = np.full((size, 3 * size + 2 * gap, 3), 255, np.uint8)
+    for i, p in enumerate([colorize(mask), region, naive]):
+        canvas[:, i * (size + gap) : i * (size + gap) + size] = p
+    img = Image.fromarray(canvas)
+    img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
+    caption = f"mask | region sampler ({mode}) | naive tiling: {size} px, {steps} DDIM steps, SD"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    legend_strip(img, caption).save(out_dir / "region_2048.png", optimize=True)
+    crop = slice(size // 2 - 128, size // 2 + 128)
+    zoom = np.concatenate([region[crop, crop], np.full((256, 8, 3), 255, np.uint8), naive[crop, crop]], axis=1)
+    Image.fromarray(zoom).save(out_dir / "region_zoom.png", optimize=True)
+    print(
+        json.dumps(
+            {
+                "region_seconds": t_region,
+                "naive_seconds": t_naive,
+                "region_seams": seam_ratio(region),
+                "naive_seams": seam_ratio(naive),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--masks", type=int, default=2)
+    parser.add_argument("--num-inference-steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory", action="store_true", help="measure peak memory per region size instead")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--mode", default="average", choices=["average", "shift"])
+    parser.add_argument("--picture", type=Path, help="write the docs picture into this folder instead")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.memory_child:
+        _memory_child(args.memory_child, args.num_inference_steps, args.mode)
+    elif args.memory:
+        for r in memory(args.sizes, args.num_inference_steps, args.mode):
+            print(
+                f"{r['size']} px: peak {r['peak_mb']:.0f} MB, {r['peak_mb'] - r['base_mb']:.0f} MB above the loaded "
+                f"networks, {r['seconds']:.0f} s"
+            )
+    elif args.picture:
+        picture(args.picture, args.size, args.num_inference_steps, args.mode, args.seed)
+    else:
+        table = compare(args.size, args.masks, args.num_inference_steps, args.seed)
+        print(format_table(table, args.size, args.masks, args.num_inference_steps))
+
+
+if __name__ == "__main__":
+    main()

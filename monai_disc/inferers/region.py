@@ -1,0 +1,490 @@
+"""Regions of any size from a large Gleason mask: overlapping windows of the denoiser's native size that agree.
+
+A denoiser trained on 64 px tiles (16 x 16 latents under an f = 4 autoencoder) draws a region of any size when
+the region's latent is denoised window by window and the windows are made to agree at every DDIM step, so that
+no seam is left where they meet (MultiDiffusion, Bar-Tal et al. 2023; DiffInfinite, Aversa et al. 2023):
+
+- ``mode="average"``: a fixed grid of windows overlapping by ``overlap`` latent pixels; at every step each
+  window predicts the noise of its crop, the predictions are averaged where windows overlap (by default with
+  linear ramps that weight each window's border down where a neighbour covers it), and one DDIM step runs on
+  the whole latent (DDIM's step acts on each pixel alone, so that is exact).
+- ``mode="shift"``: DiffInfinite's rule. At every step the grid of (almost) non-overlapping windows is moved by
+  a random offset drawn from (seed, step), so a window's border never falls on the same pixels twice; windows
+  clipped by the region's edge are moved inside it and averaged with their neighbours.
+
+Every window of a step runs through the denoiser in fixed batches of ``window_batch_size``, and its prediction
+is added to the full-size sum at once, so activations do not grow with the region (only the latent, its noise
+sum and the mask do: a 4096 px region is a 3 x 1024 x 1024 latent). Predictions are summed in window order, so
+the region is the same for the same seed whatever the batch size. A region of exactly one window is the window
+sampler's tile (:class:`MaskLDMSampler`, :class:`SeparatedConditionInferer`) for the same seed.
+
+Separated conditions (SD-SC) run one region-wide branch per label: branch k is denoised under the uniform mask
+k only in the windows that hold label k, and the branches are fused by the region's mask (Eq. 2) at the end
+(or at the sampler's ``fuse_step``, after which the fused latent continues as SD).
+
+Decoding runs in overlapping chunks whose outputs are blended with linear ramps, one band of chunk rows at a
+time (:meth:`RegionSampler.decode_bands`), so the decoder adds no seams and a slide is written as it decodes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from monai_disc.inferers.mask_ldm import MaskLDMSampler
+from monai_disc.inferers.separated import SeparatedConditionInferer, fuse_latents, uniform_masks
+
+__all__ = ["REGION_MODES", "RegionSampler", "window_starts"]
+
+REGION_MODES: tuple[str, ...] = ("average", "shift")
+
+StepCallback = Callable[[int, Tensor], None]
+
+
+def window_starts(length: int, window: int, stride: int, offset: int = 0) -> list[int]:
+    """Start positions of windows of size ``window`` covering ``[0, length)`` on a grid of ``stride``.
+
+    The grid starts at ``-offset`` (0 <= offset < stride); windows are clipped into the range by moving them
+    inside it, so every window is whole and the last one ends at ``length``; duplicates are dropped.
+
+    Args:
+        length: the extent to cover (>= window).
+        window: window size.
+        stride: grid spacing (1..window).
+        offset: grid shift.
+
+    Returns:
+        sorted start positions.
+
+    Raises:
+        ValueError: for a window larger than the extent or a stride outside 1..window.
+    """
+    if window > length:
+        raise ValueError(f"window {window} is larger than the extent {length}.")
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride must lie in 1..{window} (the window), got {stride}.")
+    starts = {min(max(s, 0), length - window) for s in range(-(offset % stride), length, stride)}
+    starts = {s for s in starts if s + window <= length}
+    starts.add(length - window)
+    return sorted(starts)
+
+
+def _ramp(n: int, ramp_before: int, ramp_after: int) -> np.ndarray:
+    """1-D blending weights: linear ramps (strictly positive) over the overlaps with neighbours, 1 elsewhere."""
+    w = np.ones(n, dtype=np.float32)
+    if ramp_before > 0:
+        w[:ramp_before] = np.minimum(w[:ramp_before], (np.arange(ramp_before) + 1.0) / (ramp_before + 1.0))
+    if ramp_after > 0:
+        w[n - ramp_after :] = np.minimum(w[n - ramp_after :], (np.arange(ramp_after, 0, -1)) / (ramp_after + 1.0))
+    return w
+
+
+class _TokenCache:
+    """Mask tokens of windows, keyed by the window's labels (uniform windows of a slide share one entry).
+
+    Bounded (least recently used entries go), so memory stays flat on any region.
+    """
+
+    def __init__(self, denoiser: nn.Module, max_entries: int) -> None:
+        self.denoiser = denoiser
+        self.max_entries = max(int(max_entries), 0)
+        self.entries: OrderedDict[bytes, Tensor] = OrderedDict()
+
+    def __call__(self, windows: Sequence[Tensor]) -> Tensor:
+        keys = [w.to(torch.uint8).cpu().numpy().tobytes() for w in windows]
+        missing = [i for i, k in enumerate(keys) if k not in self.entries]
+        new: dict[bytes, Tensor] = {}
+        if missing:
+            device = next(self.denoiser.parameters()).device
+            unique = list(dict.fromkeys(keys[i] for i in missing))
+            first = {k: keys.index(k) for k in unique}
+            tokens = self.denoiser.encode_mask(torch.stack([windows[first[k]] for k in unique]).to(device))
+            new = dict(zip(unique, tokens))
+        out = []
+        for k in keys:
+            if k in new:
+                out.append(new[k])
+            else:
+                self.entries.move_to_end(k)
+                out.append(self.entries[k])
+        for k, v in new.items():
+            if self.max_entries:
+                self.entries[k] = v
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+        return torch.stack(out)
+
+
+class RegionSampler:
+    """Latents of any size from a mask of that size, by overlapping windows that agree at every DDIM step.
+
+    Holds the window sampler (scheduler, steps, guidance; SD or separated conditions) and the window rule, and
+    takes the networks as arguments, so it serves every generator of the registry.
+
+    Args:
+        sampler: a :class:`MaskLDMSampler` (SD, SD-DISC, SD-DISC-CoTrain weights) or a
+            :class:`SeparatedConditionInferer` (SD-SC).
+        window: the denoiser's native window in latent pixels (16: 64 px tiles under an f = 4 autoencoder).
+        overlap: latent pixels shared by neighbouring windows in ``"average"`` mode (stride ``window -
+            overlap``); in ``"shift"`` mode the windows step by ``window - overlap`` too, usually with 0.
+        mode: ``"average"`` (fixed overlapping grid, predictions averaged) or ``"shift"`` (grid moved by a
+            random offset every step, DiffInfinite).
+        window_batch_size: windows per denoiser call (memory, not the result, depends on it).
+        decode_window: latent pixels per decoded chunk (16: the 64 px tiles the toy autoencoder was trained on;
+            its decoder's attention reads larger chunks less faithfully, measured in bench/bench_region.py).
+        decode_overlap: latent pixels shared by neighbouring decoded chunks, blended by linear ramps. With
+            ``decode_window == window`` and ``decode_overlap == overlap`` (the defaults) the chunks lie on the
+            sampling windows, which the ruler reads best (bench/bench_region.py).
+        decode_batch_size: chunks per decoder call.
+        token_cache_size: mask-token sets kept (windows with the same labels share tokens); 0 recomputes.
+        progress: show a tqdm bar over the steps.
+        blend: how overlapping predictions are averaged: ``"ramp"`` weights each window by linear ramps over its
+            overlaps with neighbours (its borders, where the denoiser sees least context, count least),
+            ``"uniform"`` weights every window pixel alike (MultiDiffusion's plain mean). Where one window
+            covers a pixel alone its prediction is used as is, so a one-window region is the window sampler's.
+            The toy denoiser biases the bottom latent rows of its window (pale horizontal streaks every stride
+            under ``"uniform"``: mean latent -0.20 on those rows against +0.06 elsewhere, -0.02 with ramps).
+
+    Raises:
+        ValueError: for a blend or mode not in :data:`REGION_MODES` or window sizes that do not fit.
+    """
+
+    def __init__(
+        self,
+        sampler: MaskLDMSampler | SeparatedConditionInferer,
+        window: int = 16,
+        overlap: int = 4,
+        mode: str = "average",
+        window_batch_size: int = 16,
+        decode_window: int = 16,
+        decode_overlap: int = 4,
+        decode_batch_size: int = 16,
+        token_cache_size: int = 1024,
+        progress: bool = False,
+        blend: str = "ramp",
+    ) -> None:
+        if blend not in ("ramp", "uniform"):
+            raise ValueError(f"blend must be 'ramp' or 'uniform', got {blend!r}.")
+        self.blend = blend
+        if mode not in REGION_MODES:
+            raise ValueError(f"mode must be one of {REGION_MODES}, got {mode!r}.")
+        if window < 1 or not 0 <= overlap < window:
+            raise ValueError(f"need window >= 1 and 0 <= overlap < window, got window {window}, overlap {overlap}.")
+        if decode_window < 1 or not 0 <= decode_overlap < decode_window:
+            raise ValueError(
+                f"need decode_window >= 1 and 0 <= decode_overlap < decode_window, got {decode_window}, "
+                f"{decode_overlap}."
+            )
+        if window_batch_size < 1 or decode_batch_size < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {window_batch_size}, {decode_batch_size}.")
+        self.separated = isinstance(sampler, SeparatedConditionInferer)
+        self.sampler = sampler
+        self.window_sampler: MaskLDMSampler = sampler.sampler if self.separated else sampler  # type: ignore[union-attr]
+        self.fuse_step: int | None = sampler.fuse_step if self.separated else None  # type: ignore[union-attr]
+        self.window = int(window)
+        self.overlap = int(overlap)
+        self.mode = mode
+        self.window_batch_size = int(window_batch_size)
+        self.decode_window = int(decode_window)
+        self.decode_overlap = int(decode_overlap)
+        self.decode_batch_size = int(decode_batch_size)
+        self.token_cache_size = int(token_cache_size)
+        self.progress = progress
+
+    @property
+    def num_inference_steps(self) -> int:
+        """DDIM steps of the window sampler."""
+        return self.window_sampler.num_inference_steps
+
+    # ------------------------------------------------------------------------------------------
+    # windows
+    # ------------------------------------------------------------------------------------------
+    def positions(self, size: Sequence[int], step: int, seed: int) -> list[tuple[int, int]]:
+        """Top-left latent positions of the windows of DDIM step ``step`` (index in the grid) of a region.
+
+        Args:
+            size: (h, w) of the region's latent.
+            step: step index (0 = first).
+            seed: the region's seed (draws the ``"shift"`` offsets; unused by ``"average"``).
+
+        Returns:
+            (y, x) in row-major order.
+        """
+        h, w = int(size[0]), int(size[1])
+        stride = self.window - self.overlap
+        oy = ox = 0
+        if self.mode == "shift":
+            rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(step)])
+            oy, ox = (int(v) for v in rng.integers(0, stride, 2))
+        ys = window_starts(h, self.window, stride, oy)
+        xs = window_starts(w, self.window, stride, ox)
+        return [(y, x) for y in ys for x in xs]
+
+    def _ramps(self, starts: list[int]) -> dict[int, tuple[int, int]]:
+        """Per start: the lengths of the ramps of its window (overlaps with its neighbours; 0, 0 when uniform)."""
+        ws = self.window
+        out = {}
+        for i, s in enumerate(starts):
+            if self.blend == "uniform":
+                out[s] = (0, 0)
+                continue
+            before = starts[i - 1] + ws - s if i else 0
+            after = s + ws - starts[i + 1] if i + 1 < len(starts) else 0
+            out[s] = (before, after)
+        return out
+
+    def check_size(self, mask_size: Sequence[int], factor: int) -> tuple[int, int]:
+        """The latent size of a mask, checked: a multiple of ``factor`` and at least one window.
+
+        Raises:
+            ValueError: naming what is wrong with the size.
+        """
+        hh, ww = int(mask_size[0]), int(mask_size[1])
+        if hh % factor or ww % factor:
+            raise ValueError(
+                f"mask size {hh}x{ww} is not a multiple of the autoencoder's downsampling factor {factor}."
+            )
+        h, w = hh // factor, ww // factor
+        if h < self.window or w < self.window:
+            raise ValueError(
+                f"mask size {hh}x{ww} is smaller than one window ({self.window * factor} px): the region sampler "
+                "needs at least the denoiser's window in each direction."
+            )
+        return h, w
+
+    # ------------------------------------------------------------------------------------------
+    # sampling
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_latent(
+        self,
+        mask: Tensor,
+        autoencoder: nn.Module,
+        denoiser: nn.Module,
+        seed: int,
+        tissue: Tensor | None = None,
+        start_step: int = 0,
+        latent: Tensor | None = None,
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        """z_0 of a region.
+
+        Args:
+            mask: integer labels (H, W) in 0..K-1 (the conditioning; glass drawn as NC); K <= 255.
+            autoencoder: first stage (for ``downsample_factor``).
+            denoiser: a :class:`monai_disc.networks.MaskConditionedUNet`.
+            seed: the noise seed; z_T is ``MaskLDMSampler.make_noise([seed], (C, h, w))``, so a one-window region
+                starts from the window sampler's noise.
+            tissue: optional bool (H, W); windows without any tissue are not denoised (their latent is left as is:
+                the caller paints glass there).
+            start_step: resume at this step index with ``latent`` the state after step ``start_step - 1``.
+            latent: the state to resume from: (B, C, h, w) with B = 1 (SD) or K (SC before fusion).
+            callback: called as ``callback(steps_done, state)`` after every step (for checkpoints).
+
+        Returns:
+            (C, h, w) z_0 on the denoiser's device, float32.
+
+        Raises:
+            ValueError: for masks that do not fit the networks, or a resume state of the wrong shape.
+        """
+        mask = torch.as_tensor(mask)
+        if mask.ndim != 2:
+            raise ValueError(f"mask must be a label map (H, W), got shape {tuple(mask.shape)}.")
+        k = int(denoiser.num_classes)
+        if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= k):
+            raise ValueError(f"mask labels must lie in 0..{k - 1}, got values {int(mask.min())}..{int(mask.max())}.")
+        device = next(denoiser.parameters()).device
+        factor = int(getattr(autoencoder, "downsample_factor", 4))
+        h, w = self.check_size(mask.shape, factor)
+        mask = mask.to(device=device, dtype=torch.uint8)  # one byte a pixel: a 4096 px mask is 16 MB
+        n = self.num_inference_steps
+        if latent is None:
+            if start_step:
+                raise ValueError("start_step > 0 needs the latent state to resume from.")
+            latent = MaskLDMSampler.make_noise([int(seed)], (denoiser.in_channels, h, w), device)
+            if self.separated and (self.fuse_step is None or self.fuse_step > 0):
+                latent = latent.expand(k, -1, -1, -1).clone()
+        latent = latent.to(device)
+        small = mask[::factor, ::factor]  # labels_at_size's nearest rule: the top-left pixel of each block
+        live = None
+        if tissue is not None:
+            t = torch.as_tensor(tissue, device=device).bool()
+            if tuple(t.shape) != tuple(mask.shape):
+                raise ValueError(f"tissue {tuple(t.shape)} does not match the mask {tuple(mask.shape)}.")
+            live = t.view(h, factor, w, factor).any(3).any(1)  # tissue anywhere in a latent pixel's block
+            live = F.pad(live.float().cumsum(0).cumsum(1), (1, 0, 1, 0))  # integral image: tissue per window
+
+        scheduler = self.window_sampler.scheduler
+        scheduler.set_timesteps(n)
+        steps = [int(t) for t in scheduler.timesteps]
+        guidance = self.window_sampler.guidance_scale
+        guided = guidance != 1.0
+        null = denoiser.null_context(1)
+        tokens = _TokenCache(denoiser, self.token_cache_size)
+        uniform = (
+            denoiser.encode_mask(uniform_masks(k, (self.window * factor,) * 2, device)) if self.separated else None
+        )
+
+        weights: dict[tuple[tuple[int, int], tuple[int, int]], Tensor] = {}
+        x = latent
+        for i in tqdm(range(start_step, n), desc="region DDIM", leave=False, disable=not self.progress):
+            separated = self.separated and (self.fuse_step is None or i < self.fuse_step)
+            if self.separated and not separated and x.shape[0] != 1:  # the fusion step of SC with fuse_step
+                x = fuse_latents(x[None], small[None])
+            if separated and x.shape[0] != k or not separated and x.shape[0] != 1:
+                raise ValueError(f"resume state has {x.shape[0]} branches, step {i} needs {k if separated else 1}.")
+            jobs: list[tuple[int, int, int]] = []  # (branch, y, x) in a fixed order
+            grid = self.positions((h, w), i, seed)
+            ry = self._ramps(sorted({p[0] for p in grid}))
+            rx = self._ramps(sorted({p[1] for p in grid}))
+            for y0, x0 in grid:
+                if live is not None:
+                    y1, x1 = y0 + self.window, x0 + self.window
+                    if live[y1, x1] - live[y0, x1] - live[y1, x0] + live[y0, x0] <= 0:
+                        continue
+                if separated:
+                    present = torch.unique(small[y0 : y0 + self.window, x0 : x0 + self.window]).tolist()
+                    jobs.extend((int(b), y0, x0) for b in present)
+                else:
+                    jobs.append((0, y0, x0))
+            eps_sum = torch.zeros_like(x)
+            count = torch.zeros((x.shape[0], 1, h, w), dtype=x.dtype, device=device)
+            t_all = torch.full((self.window_batch_size * (2 if guided else 1),), steps[i], device=device)
+            ws = self.window
+            for start in range(0, len(jobs), self.window_batch_size):
+                batch = jobs[start : start + self.window_batch_size]
+                xb = torch.stack([x[b, :, y0 : y0 + ws, x0 : x0 + ws] for b, y0, x0 in batch])
+                if separated:
+                    ctx = uniform[torch.tensor([b for b, _, _ in batch], device=device)]  # type: ignore[index]
+                else:
+                    crops = [
+                        mask[y0 * factor : (y0 + ws) * factor, x0 * factor : (x0 + ws) * factor] for _, y0, x0 in batch
+                    ]
+                    ctx = tokens(crops)
+                nb = len(batch)
+                if guided:
+                    ctx = torch.cat([null.to(ctx).expand(nb, -1, -1), ctx])
+                    xb = torch.cat([xb, xb])
+                eps = denoiser(xb, t_all[: xb.shape[0]], context=ctx).to(x.dtype)
+                if guided:
+                    eps_u, eps_c = eps.chunk(2)
+                    eps = eps_u + guidance * (eps_c - eps_u)
+                for j, (b, y0, x0) in enumerate(batch):
+                    key = (ry[y0], rx[x0])
+                    if key == ((0, 0), (0, 0)):  # a window no neighbour overlaps: weight 1, added as is
+                        eps_sum[b, :, y0 : y0 + ws, x0 : x0 + ws] += eps[j]
+                        count[b, :, y0 : y0 + ws, x0 : x0 + ws] += 1
+                        continue
+                    if key not in weights:  # a handful of ramp shapes, built once per call
+                        weights[key] = torch.from_numpy(np.outer(_ramp(ws, *key[0]), _ramp(ws, *key[1]))).to(eps)
+                    eps_sum[b, :, y0 : y0 + ws, x0 : x0 + ws] += eps[j] * weights[key]
+                    count[b, :, y0 : y0 + ws, x0 : x0 + ws] += weights[key]
+            # normalise by the summed weights (below 1 beside a skipped glass window); 0 where no window ran
+            eps = eps_sum / torch.where(count > 0, count, torch.ones_like(count))
+            x, _ = scheduler.step(eps, steps[i], x)
+            if callback is not None:
+                callback(i + 1, x)
+        if x.shape[0] != 1:
+            x = fuse_latents(x[None], small[None])
+        return x[0].float()
+
+    # ------------------------------------------------------------------------------------------
+    # decoding
+    # ------------------------------------------------------------------------------------------
+    def _chunks(self, size: int) -> list[int]:
+        d = min(self.decode_window, size)
+        return window_starts(size, d, max(1, d - self.decode_overlap))
+
+    def decode_rows(self, latent_height: int) -> int:
+        """Number of bands :meth:`decode_bands` yields for a latent of this height."""
+        return len(self._chunks(int(latent_height)))
+
+    @torch.no_grad()
+    def decode_bands(
+        self, latent: Tensor, autoencoder: nn.Module, start_band: int = 0
+    ) -> Iterator[tuple[int, int, int, np.ndarray]]:
+        """Decode a region's latent in overlapping chunks, blended, one band of image rows at a time.
+
+        Chunks of ``decode_window`` latent pixels overlap by ``decode_overlap``; in the overlaps each chunk's
+        pixels are weighted by linear ramps (normalised by the summed weight), so no decoder border shows. A
+        band is yielded once no later chunk touches its rows; memory holds one row of chunks.
+
+        Args:
+            latent: (C, h, w) scaled latent (as :meth:`sample_latent` returns).
+            autoencoder: first stage with ``decode_stage_2_outputs`` (``scale_factor``, ``downsample_factor``).
+            start_band: skip the bands before this one (resuming): the band before it is decoded again, unseen,
+                to rebuild the overlap it shares with this one.
+
+        Yields:
+            (band index, first image row, end image row, uint8 RGB rows (end - first, W, 3)).
+        """
+        c, h, w = latent.shape
+        factor = int(getattr(autoencoder, "downsample_factor", 4))
+        scale = float(getattr(autoencoder, "scale_factor", 1.0))
+        ys, xs = self._chunks(h), self._chunks(w)
+        dy, dx = min(self.decode_window, h), min(self.decode_window, w)
+        width = w * factor
+        band_h = dy * factor
+        acc = np.zeros((band_h, width, 3), dtype=np.float32)
+        wsum = np.zeros((band_h, width, 1), dtype=np.float32)
+        x_weights = []
+        for j, x0 in enumerate(xs):
+            before = (xs[j - 1] + dx - x0) * factor if j else 0
+            after = (x0 + dx - xs[j + 1]) * factor if j + 1 < len(xs) else 0
+            x_weights.append(_ramp(dx * factor, before, after))
+        for i in range(max(0, start_band - 1), len(ys)):
+            y0 = ys[i]
+            before = (ys[i - 1] + dy - y0) * factor if i else 0
+            after = (y0 + dy - ys[i + 1]) * factor if i + 1 < len(ys) else 0
+            wy = _ramp(dy * factor, before, after)
+            crops = torch.stack([latent[:, y0 : y0 + dy, x0 : x0 + dx] for x0 in xs])
+            tiles = torch.cat(
+                [
+                    autoencoder.decode_stage_2_outputs(z / scale).float().clamp_(-1.0, 1.0)
+                    for z in crops.split(self.decode_batch_size)
+                ]
+            )
+            rgb = ((tiles.permute(0, 2, 3, 1).cpu().numpy() + 1.0) * 127.5).astype(np.float32)
+            for j, x0 in enumerate(xs):
+                wgt = wy[:, None, None] * x_weights[j][None, :, None]
+                acc[:, x0 * factor : (x0 + dx) * factor] += rgb[j] * wgt
+                wsum[:, x0 * factor : (x0 + dx) * factor] += wgt
+            done = (ys[i + 1] - y0) * factor if i + 1 < len(ys) else band_h
+            if i >= start_band:
+                out = np.clip(np.rint(acc[:done] / wsum[:done]), 0, 255).astype(np.uint8)
+                yield i, y0 * factor, y0 * factor + done, out
+            acc = np.concatenate([acc[done:], np.zeros((done, width, 3), dtype=np.float32)])
+            wsum = np.concatenate([wsum[done:], np.zeros((done, width, 1), dtype=np.float32)])
+
+    def decode(self, latent: Tensor, autoencoder: nn.Module) -> np.ndarray:
+        """The whole region as uint8 RGB (H, W, 3) (:meth:`decode_bands` gathered; small regions only)."""
+        return np.concatenate([band for _, _, _, band in self.decode_bands(latent, autoencoder)])
+
+    @torch.no_grad()
+    def sample(
+        self, mask: Tensor, autoencoder: nn.Module, denoiser: nn.Module, seed: int, tissue: Tensor | None = None
+    ) -> np.ndarray:
+        """A region (H, W, 3) uint8 RGB for a label map (H, W): :meth:`sample_latent` then :meth:`decode`."""
+        return self.decode(self.sample_latent(mask, autoencoder, denoiser, seed, tissue), autoencoder)
+
+    def settings(self) -> dict[str, Any]:
+        """What the region depends on besides the networks, mask and seed (for resumable jobs)."""
+        return {
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.window_sampler.guidance_scale,
+            "separated": self.separated,
+            "fuse_step": self.fuse_step,
+            "window": self.window,
+            "overlap": self.overlap,
+            "mode": self.mode,
+            "blend": self.blend,
+            "decode_window": self.decode_window,
+            "decode_overlap": self.decode_overlap,
+        }
