@@ -15,6 +15,8 @@ and ``overwrite=True`` (``--overwrite``) clears the folder and starts over.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -36,6 +38,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "compare_settings",
+    "csv_text",
     "file_digest",
     "job_settings",
     "read_table",
@@ -305,3 +308,12 @@ def read_table(path: str | os.PathLike, required: Sequence[str], what: str = "ta
     if missing:
         raise ValueError(f"{what} {path} lacks required column(s) {missing}; found columns {list(frame.columns)}")
     return frame
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text (``\\n`` line ends) of ``rows`` under ``header``: what the jobs write with the atomic writers."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(header), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()

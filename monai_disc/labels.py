@@ -7,6 +7,7 @@ from enum import IntEnum
 import numpy as np
 
 __all__ = [
+    "ISUP_GRADE",
     "GleasonLabel",
     "NUM_CLASSES",
     "LABEL_NAMES",
@@ -77,3 +78,9 @@ def multi_hot(labels) -> np.ndarray:
     for label in labels:
         out[int(label)] = 1.0
     return out
+
+
+#: ISUP grade group of a (primary, secondary) Gleason pattern pair; (0, 0) is benign (grade group 0).
+ISUP_GRADE: dict[tuple[int, int], int] = {
+    (0, 0): 0, (3, 3): 1, (3, 4): 2, (4, 3): 3, (4, 4): 4, (3, 5): 4, (5, 3): 4, (4, 5): 5, (5, 4): 5, (5, 5): 5,
+}  # fmt: skip

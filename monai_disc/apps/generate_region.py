@@ -22,9 +22,7 @@ PANDA layout, rank-sharded across slides (rank r of W takes slides r, r + W, ...
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -42,7 +40,8 @@ from monai_disc.data.slide_tiff import write_pyramid_tiff
 from monai_disc.data.synthetic import manifest_text
 from monai_disc.distributed import resolve_rank
 from monai_disc.inferers.region import RegionSampler
-from monai_disc.io import atomic_torch_save, atomic_write_text
+from monai_disc.io import atomic_torch_save, atomic_write_text, csv_text
+from monai_disc.labels import ISUP_GRADE
 from monai_disc.masks import ShapeBank, SlidePlan
 from monai_disc.masks.slide_masks import BACKGROUND, labels_to_radboud, plan_slide_mask
 
@@ -57,7 +56,6 @@ __all__ = [
 
 PANDA_IMAGES_DIR = "train_images"
 PANDA_MASKS_DIR = "train_label_masks"
-_ISUP = {(3, 3): 1, (3, 4): 2, (4, 3): 3, (4, 4): 4, (3, 5): 4, (5, 3): 4, (4, 5): 5, (5, 4): 5, (5, 5): 5}
 
 logger = logging.getLogger(__name__)
 
@@ -240,15 +238,7 @@ def _gleason_score(plan: SlidePlan) -> tuple[str, int]:
     if plan.primary == 0:
         return "negative", 0
     p, s = plan.primary + 2, (plan.secondary if plan.secondary else plan.primary) + 2
-    return f"{p}+{s}", _ISUP[(p, s)]
-
-
-def _csv(header: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(header), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
+    return f"{p}+{s}", ISUP_GRADE[(p, s)]
 
 
 def generate_wsi_slides(
@@ -323,5 +313,5 @@ def generate_wsi_slides(
         rows.append({"image_id": plan.slide_id, "data_provider": "radboud", "isup_grade": isup, "gleason_score": score})
     atomic_write_text(out / "manifest.csv", manifest_text(plans, getattr(generator, "name", "")))
     return atomic_write_text(
-        out / "train.csv", _csv(["image_id", "data_provider", "isup_grade", "gleason_score"], rows)
+        out / "train.csv", csv_text(["image_id", "data_provider", "isup_grade", "gleason_score"], rows)
     )

@@ -18,7 +18,6 @@ time out a barrier and no process group is needed.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from monai_disc.data.synthetic import (
 )
 from monai_disc.distributed import resolve_rank
 from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, TileGenerator
-from monai_disc.io import atomic_write_text
+from monai_disc.io import atomic_write_text, csv_text
 from monai_disc.labels import LABEL_NAMES
 from monai_disc.masks import ShapeBank, SlidePlan
 from monai_disc.visualize import save_picture, to_uint8
@@ -132,14 +131,6 @@ def _is_finished(slide_dir: Path, plan: SlidePlan, generator: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------------
-def _csv_text(header: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(header), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
-
-
 def _tile_label_rows(plan: SlidePlan, masks: Sequence[np.ndarray]) -> list[dict[str, Any]]:
     rows = []
     for t, (tile, mask) in enumerate(zip(plan.tiles, masks)):
@@ -197,7 +188,7 @@ def _write_slide(
             save_picture(masks[i], partial / MASKS_DIR / tile_name(i))
         bar.update(len(batch))
     header = ("image", "slide_id", "label", "source_id", "seed")
-    atomic_write_text(partial / TILE_LABELS_NAME, _csv_text(header, _tile_label_rows(plan, masks)))
+    atomic_write_text(partial / TILE_LABELS_NAME, csv_text(header, _tile_label_rows(plan, masks)))
     atomic_write_text(partial / SLIDE_INFO_NAME, json.dumps(_slide_info(plan, name)))
     os.replace(partial, final)
     return final

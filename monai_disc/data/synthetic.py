@@ -15,8 +15,6 @@ The writer is :func:`monai_disc.apps.generate_slides.generate_slides`; this modu
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_disc.io import read_table
+from monai_disc.io import csv_text, read_table
 from monai_disc.labels import LABEL_NAMES, multi_hot
 
 __all__ = [
@@ -61,9 +59,7 @@ TILE_LABELS_NAME = "labels.csv"
 
 def manifest_text(plans: Iterable[Any], generator: str) -> str:
     """The CSV text of ``manifest.csv`` for slide plans (:class:`monai_disc.masks.SlidePlan`) drawn by ``generator``."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
-    writer.writeheader()
+    rows = []
     for p in plans:
         row: dict[str, Any] = {
             "slide_id": p.slide_id,
@@ -72,8 +68,8 @@ def manifest_text(plans: Iterable[Any], generator: str) -> str:
         }
         row.update({name: int(v) for name, v in zip(LABEL_NAMES, p.label)})
         row.update({"n_tiles": p.n_tiles, "generator": generator, "seed": p.seed, "index": p.index})
-        writer.writerow(row)
-    return text.getvalue()
+        rows.append(row)
+    return csv_text(MANIFEST_COLUMNS, rows)
 
 
 def _label_index(value: str, path: Path, line: int, column: str) -> int:

@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from monai_disc.io import atomic_path, atomic_write_bytes, compare_settings, remove_orphan_temps, settings_error
-from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
+from monai_disc.labels import ISUP_GRADE, LABEL_NAMES, NUM_CLASSES, colorize
 
 __all__ = [
     "DEFAULT_STAIN",
@@ -1037,7 +1037,6 @@ def _sheet_row(name: str, mask: np.ndarray, cribriform: float, rng: np.random.Ge
 # ----------------------------------------------------------------------------------------------
 # whole slides in the PANDA layout
 # ----------------------------------------------------------------------------------------------
-_ISUP = {(0, 0): 0, (3, 3): 1, (3, 4): 2, (4, 3): 3, (4, 4): 4, (3, 5): 4, (5, 3): 4, (4, 5): 5, (5, 4): 5, (5, 5): 5}
 _PANDA_SCORES = ((0, 0), (1, 2), (2, 3), (2, 1), (1, 1), (3, 2))  # label pairs of the toy PANDA slides
 
 
@@ -1123,7 +1122,7 @@ def _write_panda_slide(
     )
     negative = "0+0" if provider == "karolinska" else "negative"
     score = negative if primary == 0 else f"{values[primary]}+{values[secondary]}"
-    isup = _ISUP[(int(values[primary]), int(values[secondary]))]
+    isup = ISUP_GRADE[(int(values[primary]), int(values[secondary]))]
     return {"image_id": image_id, "data_provider": provider, "isup_grade": isup, "gleason_score": score}
 
 
