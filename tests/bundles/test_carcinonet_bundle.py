@@ -25,7 +25,7 @@ from PIL import Image
 from monai_disc.data.sicapv2 import load_sicapv2
 from monai_disc.engines.evaluation import labelled_tile_transforms, labelled_tiles
 from monai_disc.engines.mixed import MixedSupervisedTrainer
-from monai_disc.labels import LABEL_NAMES, SICAPV2_MASK_VALUES, SICAPV2_VALUE_TO_LABEL
+from monai_disc.labels import LABEL_COLORS, LABEL_NAMES, SICAPV2_MASK_VALUES, SICAPV2_VALUE_TO_LABEL
 from monai_disc.metrics import LAPC_GROUPS, group_confusion_matrix, pixel_confusion_matrix
 from monai_disc.networks.carcinonet import carcinonet_toy
 from monai_disc.transforms import tile_transforms
@@ -216,7 +216,10 @@ def test_evaluate_writes_the_models_pixel_scores(trained, toy_root):
         assert key in scores["grading"]
 
     grid = np.asarray(Image.open(out / "overlays.png"))
-    assert grid.shape == (14 + 8 * TOY_PX + 9 * 2, 3 * TOY_PX + 4 * 2, 3)  # 8 rows of tile | truth | prediction
+    rows_height = 14 + 8 * TOY_PX + 9 * 2  # title line and 8 rows of tile | truth | prediction
+    assert grid.shape[1:] == (3 * TOY_PX + 4 * 2, 3) and grid.shape[0] > rows_height
+    strip = grid[rows_height:].reshape(-1, 3)  # the colour legend under the rows: every label's colour
+    assert all((strip == np.asarray(c, np.uint8)).all(axis=1).any() for c in LABEL_COLORS.values())
 
 
 def test_inference_writes_label_maps_and_skips_finished_tiles(trained, toy_root):

@@ -307,7 +307,7 @@ def test_gleason_ldm_reads_sicapv2_mask_values(server, uploaded):
 
 BAD = {
     "corrupt upload": ("carcinonet", b"not a picture", {}, "cannot read image file"),
-    "mask values": ("gleason_ldm", _png(np.full((64, 64), 7, np.uint8)), {}, "farther than"),
+    "mask values": ("gleason_ldm", _png(np.full((64, 64), 7, np.uint8)), {}, "mask value 7"),
     "mask size": ("gleason_ldm", _png(np.zeros((72, 72), np.uint8)), {}, "multiples of 16"),
     "unknown param": ("gleason_ldm", _png(np.zeros((64, 64), np.uint8)), {"steps": 5}, "unknown parameter"),
     "unknown generator": ("gleason_ldm", _png(np.zeros((64, 64), np.uint8)), {"generator": "gan"}, "'generator'"),
