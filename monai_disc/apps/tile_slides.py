@@ -13,7 +13,6 @@ refused, naming them, and ``--overwrite`` starts over.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -39,7 +38,7 @@ from monai_disc.data.wsi import (
     read_tile,
     write_coords,
 )
-from monai_disc.io import atomic_path, atomic_write_text, job_settings
+from monai_disc.io import atomic_path, atomic_write_text, csv_text, job_settings
 from monai_disc.labels import GLEASON_PATTERN_TO_LABEL, LABEL_NAMES, multi_hot
 
 __all__ = [
@@ -252,11 +251,7 @@ def _tile_one(slide: Mapping[str, Any], out: Path, settings: Mapping[str, Any]) 
 
 
 def _write_manifest(out: Path, rows: list[dict]) -> Path:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(out / WSI_MANIFEST, buffer.getvalue())
+    return atomic_write_text(out / WSI_MANIFEST, csv_text(MANIFEST_COLUMNS, rows))
 
 
 def tile_slides(
@@ -321,6 +316,7 @@ def tile_slides(
         row = _tile_one(slide, out, settings)
         atomic_write_text(records / f"{slide['slide_id']}.json", json.dumps(row) + "\n")
         rows.append(row)
-    every = [record(sid) for sid in ids]
+    mine_rows = {str(r["slide_id"]): r for r in rows}  # this rank's records, just read or written
+    every = [mine_rows.get(sid) or record(sid) for sid in ids]
     manifest = _write_manifest(out, every) if all(r is not None for r in every) else None  # type: ignore[arg-type]
     return TileSlidesResult(rows, manifest)

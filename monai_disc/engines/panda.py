@@ -83,8 +83,9 @@ def evaluate_panda(
     if not folder.is_dir():
         raise FileNotFoundError(f"feature folder not found: {folder}")
     slides = load_panda(panda_root)
-    present = [s for s in slides if (folder / f"{s['slide_id']}.pt").is_file()]
-    missing = [s["slide_id"] for s in slides if not (folder / f"{s['slide_id']}.pt").is_file()]
+    has = {s["slide_id"]: (folder / f"{s['slide_id']}.pt").is_file() for s in slides}
+    present = [s for s in slides if has[s["slide_id"]]]
+    missing = [sid for sid, found in has.items() if not found]
     if not present:
         raise ValueError(f"{folder}: no feature file of any of the {len(slides)} slides of {panda_root}")
     bags = FeatureBagDataset(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +10,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from monai_disc.io import atomic_write_text
+from monai_disc.io import atomic_write_text, csv_text
 from monai_disc.labels import LABEL_NAMES
 
 __all__ = ["SlideProbabilityWriter", "slide_prediction_rows"]
@@ -97,10 +95,6 @@ class SlideProbabilityWriter:
         rows = slide_prediction_rows(
             self.ids, torch.cat(self.probs) if self.probs else torch.zeros(0, 4), self.threshold
         )
-        text = io.StringIO()
         fields = ["slide_id", *(f"prob_{n}" for n in LABEL_NAMES), *(f"pred_{n}" for n in LABEL_NAMES), "labels"]
-        writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.output_file, text.getvalue())
+        atomic_write_text(self.output_file, csv_text(fields, rows))
         print(f"wrote the probabilities of {len(rows)} slides to {self.output_file}")

@@ -613,19 +613,13 @@ def _read_compvis(path: str | os.PathLike, map_location: str | torch.device) -> 
 
 
 def _load_checked(model: nn.Module, state: Mapping[str, torch.Tensor], path: str, what: str) -> None:
-    """``model.load_state_dict(state)`` with one error naming the file and every missing, extra or misshapen key."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: checkpoint does not match {what}; missing keys: {missing[:20]}; unexpected keys: {unexpected[:20]}"
-        )
-    wrong = [
-        f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items() if v.shape != expected[k].shape
-    ]
-    if wrong:
-        raise ValueError(f"{path}: tensor shapes differ from the model (checkpoint vs model): {wrong[:20]}")
+    """``model.load_state_dict(state)`` after :func:`~monai_disc.networks.weights.weights_mismatch`'s check: one
+    error naming the file and the first missing, extra or misshapen keys."""
+    from monai_disc.networks.weights import WeightsError, weights_mismatch
+
+    problem = weights_mismatch(model.state_dict(), state)
+    if problem:
+        raise WeightsError(f"cannot load {path}: does not fit {what}: {problem}")
     model.load_state_dict(state)
 
 
@@ -691,13 +685,9 @@ def load_vq_weights(
         return autoencoder
     if not path:
         raise ValueError("give the autoencoder's weights: a state dict path or compvis_vq_f4 (a CompVis checkpoint)")
+    from monai_disc.networks.weights import NESTED_KEYS, read_state_dict
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"autoencoder weights not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    if "autoencoder" in state and isinstance(state["autoencoder"], Mapping):  # a CheckpointSaver dict
-        state = state["autoencoder"]
+    state = read_state_dict(path, nested_keys=("autoencoder", *NESTED_KEYS))  # also a CheckpointSaver dict
     _load_checked(autoencoder, state, path, "the network (a CompVis checkpoint? pass it as compvis_vq_f4)")
     return autoencoder
