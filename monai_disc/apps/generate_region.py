@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from monai_disc.data.panda import PANDA_COLUMNS
 from monai_disc.data.slide_tiff import write_pyramid_tiff
 from monai_disc.data.synthetic import manifest_text
 from monai_disc.distributed import resolve_rank
@@ -312,6 +313,4 @@ def generate_wsi_slides(
         score, isup = _gleason_score(plan)
         rows.append({"image_id": plan.slide_id, "data_provider": "radboud", "isup_grade": isup, "gleason_score": score})
     atomic_write_text(out / "manifest.csv", manifest_text(plans, getattr(generator, "name", "")))
-    return atomic_write_text(
-        out / "train.csv", csv_text(["image_id", "data_provider", "isup_grade", "gleason_score"], rows)
-    )
+    return atomic_write_text(out / "train.csv", csv_text(PANDA_COLUMNS, rows))

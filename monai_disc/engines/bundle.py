@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from monai_disc.errors import failure_message
+from monai_disc.errors import FailedFilesError, collect
 
 __all__ = ["FolderScan", "bundle_settings", "exit_on_failures", "load_weights_or_exit", "scan_images"]
 
@@ -85,7 +85,7 @@ def scan_images(
         try:
             _check(path, mode, int(min_size), max(1, int(size_multiple)), mask_values)
         except Exception as err:  # every reader error sets this file aside; the message names it
-            failures[str(path)] = failure_message(err)
+            collect(failures, str(path), err)
             continue
         good.append(entry)
     return FolderScan(good, failures, len(good) + len(failures))
@@ -100,8 +100,8 @@ def exit_on_failures(scan: FolderScan, what: str = "files") -> None:
     failures = getattr(scan, "failures", {})
     if not failures:
         return
-    for path, message in failures.items():
-        print(f"error: {message if path in message else f'{path}: {message}'}", file=sys.stderr)
+    for line in FailedFilesError(failures).lines():
+        print(f"error: {line}", file=sys.stderr)
     print(f"error: {len(failures)} of {scan.total} {what} failed; the other {what} were written", file=sys.stderr)
     raise SystemExit(2)
 

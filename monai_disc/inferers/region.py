@@ -70,10 +70,8 @@ def window_starts(length: int, window: int, stride: int, offset: int = 0) -> lis
         raise ValueError(f"window {window} is larger than the extent {length}.")
     if not 1 <= stride <= window:
         raise ValueError(f"stride must lie in 1..{window} (the window), got {stride}.")
-    starts = {min(max(s, 0), length - window) for s in range(-(offset % stride), length, stride)}
-    starts = {s for s in starts if s + window <= length}
-    starts.add(length - window)
-    return sorted(starts)
+    # clamped into the extent; the last grid point (>= length - stride >= length - window) lands on length - window
+    return sorted({min(max(s, 0), length - window) for s in range(-(offset % stride), length, stride)})
 
 
 def _ramp(n: int, ramp_before: int, ramp_after: int) -> np.ndarray:
@@ -320,13 +318,15 @@ class RegionSampler:
                 raise ValueError(f"tissue {tuple(t.shape)} does not match the mask {tuple(mask.shape)}.")
             live = t.view(h, factor, w, factor).any(3).any(1)  # tissue anywhere in a latent pixel's block
             live = F.pad(live.float().cumsum(0).cumsum(1), (1, 0, 1, 0))  # integral image: tissue per window
+            live = live.cpu().numpy()  # read per window and step on the host: no device sync in the loop
+        small_host = small.cpu().numpy() if self.separated else None  # labels per window, read on the host
 
         scheduler = self.window_sampler.scheduler
         scheduler.set_timesteps(n)
         steps = [int(t) for t in scheduler.timesteps]
         guidance = self.window_sampler.guidance_scale
         guided = guidance != 1.0
-        null = denoiser.null_context(1)
+        null = denoiser.null_context(1).to(device)
         tokens = _TokenCache(denoiser, self.token_cache_size)
         uniform = (
             denoiser.encode_mask(uniform_masks(k, (self.window * factor,) * 2, device)) if self.separated else None
@@ -350,7 +350,7 @@ class RegionSampler:
                     if live[y1, x1] - live[y0, x1] - live[y1, x0] + live[y0, x0] <= 0:
                         continue
                 if separated:
-                    present = torch.unique(small[y0 : y0 + self.window, x0 : x0 + self.window]).tolist()
+                    present = np.unique(small_host[y0 : y0 + self.window, x0 : x0 + self.window]).tolist()
                     jobs.extend((int(b), y0, x0) for b in present)
                 else:
                     jobs.append((0, y0, x0))

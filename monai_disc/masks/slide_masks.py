@@ -24,7 +24,7 @@ import numpy as np
 from monai.utils import optional_import
 from scipy import ndimage
 
-from monai_disc.labels import NUM_CLASSES
+from monai_disc.labels import NUM_CLASSES, PANDA_RADBOUD_VALUE_TO_LABEL
 from monai_disc.masks.bank import ShapeBank, resize_nearest
 from monai_disc.masks.plans import SlidePlan
 
@@ -41,7 +41,7 @@ __all__ = [
 
 BACKGROUND = 255
 # PANDA radboud value -> slide-mask value (glass stays glass; stroma and benign epithelium are NC)
-RADBOUD_TO_SLIDE_LABEL: dict[int, int] = {0: BACKGROUND, 1: 0, 2: 0, 3: 1, 4: 2, 5: 3}
+RADBOUD_TO_SLIDE_LABEL: dict[int, int] = {**PANDA_RADBOUD_VALUE_TO_LABEL, 0: BACKGROUND}  # radboud 0 is glass
 _SLIDE_LABEL_TO_RADBOUD: dict[int, int] = {BACKGROUND: 0, 0: 1, 1: 3, 2: 4, 3: 5}
 _PNG_VALUES = (*range(NUM_CLASSES), BACKGROUND)
 

@@ -26,13 +26,21 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS
+from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, load_generator
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, SICAPV2_MASK_VALUES
-from monai_disc.monailabel.task_params import SERVER_KEYS, as_float, as_int, bundles_dir, check_params, http_errors
+from monai_disc.monailabel.task_params import (
+    SERVER_KEYS,
+    as_float,
+    as_int,
+    bundles_dir,
+    check_params,
+    http_errors,
+    one_of,
+)
 from monai_disc.transforms import LoadPILImaged, SnapMaskToLabelsd
 from monai_disc.visualize import save_picture, to_uint8
 
-__all__ = ["MASK_VALUE_SETS", "GleasonLDMConfig", "GleasonLDMInfer", "load_generator"]
+__all__ = ["MASK_VALUE_SETS", "GleasonLDMConfig", "GleasonLDMInfer"]
 
 #: named mask encodings: stored values of NC, GG3, GG4, GG5, and the tolerated distance to them
 MASK_VALUE_SETS: dict[str, tuple[tuple[int, ...], float]] = {
@@ -46,13 +54,6 @@ INFER_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "mask_values": list(MASK_VALUE_SETS),
 }
-
-
-def load_generator(name: str, bundles: str | os.PathLike, *, num_inference_steps: int, guidance_scale: float) -> Any:
-    """The generator ``name`` of the registry with the weights in ``bundles``: the app's one call into it."""
-    from monai_disc.inferers import load_generator as registry_load
-
-    return registry_load(name, bundles, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
 
 
 def _mask_values(value: Any) -> tuple[tuple[float, ...], float]:
@@ -72,16 +73,8 @@ def _mask_values(value: Any) -> tuple[tuple[float, ...], float]:
     return values, 0.0
 
 
-def _generator_name(value: Any) -> str:
-    if isinstance(value, (list, tuple)) and list(value) == list(GENERATORS):
-        value = next(iter(GENERATORS))
-    if value not in GENERATORS:
-        raise ValueError(f"parameter 'generator' must be one of {list(GENERATORS)}, got {value!r}")
-    return str(value)
-
-
 PARAM_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "generator": _generator_name,
+    "generator": lambda v: one_of("generator", v, GENERATORS),
     "num_inference_steps": lambda v: as_int("num_inference_steps", v, 1, 1000),
     "guidance_scale": lambda v: as_float("guidance_scale", v, 0.0, 100.0),
     "seed": lambda v: as_int("seed", v, 0, 2**63 - 1),
