@@ -124,7 +124,7 @@ def test_table_has_one_row_per_generator_with_finite_numbers(ldm_generators, tmp
         assert sum(map(sum, row["confusion_matrix"])) == masks.numel()
     assert result["feature_dim"] == 256 and result["num_real_tiles"] == 6
     table = format_comparison(result).splitlines()
-    assert table[0] == "| generator | mIoU | IoU NC | GG3 | GG4 | GG5 | pixel acc | FID | s/tile |"
+    assert table[0] == "| generator | mIoU | IoU NC | GG3 | GG4 | GG5 | pixel acc | leak | FID | s/tile |"
     assert [line.split(" | ")[0] for line in table[2:5]] == ["| SD", "| SD-SC", "| SD-DISC"]
     assert "2 DDIM steps" in table[-1] and "4 held-out masks of 32x32 px" in table[-1]
     # SD-SC and SD-DISC really are other generators: different tiles, different features
@@ -172,14 +172,15 @@ def test_files_written(tmp_path):
     masks, seeds = _masks(8), list(range(8))
     real = paint(masks, [s + 100 for s in seeds])  # the real tiles under the masks: painted with other noise
     result = compare_generators(
-        {"SD": constant, "SD-SC": paint}, masks, seeds, PaletteRuler(), paint(masks, seeds), tmp_path, mask_tiles=real
+        {"SD": constant, "SD-SC": paint}, masks, seeds, PaletteRuler(), paint(masks, seeds), tmp_path,
+        references={"real": real},
     )
     table = (tmp_path / "compare.md").read_text()
     assert format_comparison(result) in table and "| SD-SC | 1.000 |" in table
-    assert "| real (ruler on the masks' tiles) | 1.000 |" in table and table.count("\n| ") == 4  # header + 3 rows
+    assert "| real (reference) | 1.000 |" in table and table.count("\n| ") == 4  # header + 3 rows
     stored = json.loads((tmp_path / "compare.json").read_text())
     assert stored["order"] == ["SD", "SD-SC"] and stored["generators"]["SD-SC"]["miou"] == 1.0
-    assert stored["reference"]["miou"] == 1.0 and stored["reference"]["seconds_per_tile"] is None
+    assert stored["references"]["real"]["miou"] == 1.0 and stored["references"]["real"]["seconds_per_tile"] is None
     assert stored["seeds"] == seeds and stored["num_masks"] == 8
     grid = np.asarray(Image.open(tmp_path / "compare_grid.png").convert("RGB"))
     from monai_disc.visualize import legend, text_size
@@ -335,7 +336,10 @@ def test_run_comparison_uses_the_bundles_weights_and_skips_missing_ones(sicap_ro
     )
     assert result["order"] == ["SD", "SD-SC", "SD-DISC"]  # no CoTrain weights
     assert result["num_masks"] == 2 and result["mask_size"] == [16, 16] and result["seeds"] == [3, 4]
-    assert result["num_real_tiles"] == 4 and result["reference"] is not None  # every tile's best crop
+    assert result["num_real_tiles"] == 4  # every tile's best crop
+    assert list(result["references"]) == ["real", "real, autoencoded"]
+    # the round trip through the (untrained) first stage is not the real tiles: its row is its own measurement
+    assert result["references"]["real, autoencoded"]["fid"] != result["references"]["real"]["fid"]
     assert (tmp_path / "out" / "compare_grid.png").is_file() and (tmp_path / "out" / "compare.md").is_file()
 
 

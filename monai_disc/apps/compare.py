@@ -61,7 +61,8 @@ __all__ = [
 
 Generator = Callable[[Tensor, Sequence[int]], Tensor]
 _PARTS_DIR = ".compare_parts"
-_PART_FORMAT = 1
+_PART_FORMAT = 2  # 2: scores hold leak and foreign
+_SCORES = ("iou", "miou", "pixel_accuracy", "leak", "foreign", "confusion_matrix")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,6 +167,17 @@ def ruler_features(ruler: nn.Module, tiles: Tensor, batch_size: int) -> Tensor:
     return torch.cat(feats)
 
 
+@torch.no_grad()
+def autoencoded(autoencoder: nn.Module, tiles: Tensor, batch_size: int) -> Tensor:
+    """Tiles in [-1, 1] encoded and decoded by the first stage (on its device; returned on the CPU), clamped."""
+    device = _device_of(autoencoder)
+    out = [
+        autoencoder.decode_stage_2_outputs(autoencoder.encode_stage_2_inputs(chunk.to(device))).clamp(-1, 1).cpu()
+        for chunk in tiles.float().split(batch_size)
+    ]
+    return torch.cat(out)
+
+
 def ruler_fid(features: Tensor, real_features: Tensor) -> float:
     """FID (MONAI ``FIDMetric``) between two sets of feature vectors (N, C); NaN with fewer than 2 in a set.
 
@@ -265,7 +277,7 @@ def _run_generator(
         grid.extend(t.cpu() for t in tiles[: max(0, grid_rows - len(grid))])
     scores = fidelity.aggregate()
     return {
-        "scores": {k: scores[k] for k in ("iou", "miou", "pixel_accuracy", "confusion_matrix")},
+        "scores": {k: scores[k] for k in _SCORES},
         "features": torch.cat(features),
         "grid": torch.stack(grid) if grid else torch.zeros(0, 3, *masks.shape[-2:]),
         "seconds": seconds,
@@ -302,7 +314,7 @@ def compare_generators(
     grid_rows: int = 6,
     warmup: bool = True,
     resume: bool = False,
-    mask_tiles: Tensor | None = None,
+    references: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Draw a tile per mask and seed with every generator; score fidelity, realism and cost; write the results.
 
@@ -323,12 +335,14 @@ def compare_generators(
         warmup: run each generator once on the first mask, untimed, before timing it.
         resume: reuse a generator's stored results from an earlier run in ``out_dir`` when its name, class,
             network weights, the masks, seeds, steps and the ruler all match.
-        mask_tiles: (N, 3, H, W) the real tiles the masks were drawn on, if known: adds a ``real`` reference
-            row (the ruler's own score on real tiles, the ceiling a generator can reach) and a grid column.
+        references: name -> (N, 3, H, W) tiles under the masks that no generator drew, scored like the generated
+            ones as reference rows without timing, each with a grid column: e.g. ``real``, the tiles the masks were
+            drawn on (the ruler's own score on real tiles, the ceiling a generator can reach), and the same tiles
+            encoded and decoded by the autoencoder (the ceiling of a generator with that first stage).
 
     Returns:
         ``generators`` (name -> ``miou``, ``iou`` per class, ``pixel_accuracy``, ``fid``,
-        ``seconds_per_tile``, ``confusion_matrix``), ``order``, ``reference`` (the real row or None),
+        ``seconds_per_tile``, ``confusion_matrix``), ``order``, ``references`` (name -> such a row, no timing),
         ``num_masks``, ``mask_size``, ``labels_per_mask`` (min, mean, max), ``seeds``, ``steps``, ``ruler``,
         ``feature_dim``, ``num_real_tiles``, ``device``, ``files``. ``compare.json`` holds the same, with
         undefined numbers (NaN) as null.
@@ -348,12 +362,12 @@ def compare_generators(
     real_tiles = torch.as_tensor(real_tiles).as_subclass(Tensor)
     if real_tiles.ndim != 4 or real_tiles.shape[1] != 3 or real_tiles.shape[0] < 2:
         raise ValueError(f"real_tiles must be (M, 3, H, W) with M >= 2, got shape {tuple(real_tiles.shape)}.")
-    if mask_tiles is not None:
-        mask_tiles = torch.as_tensor(mask_tiles).as_subclass(Tensor).float()
-        if tuple(mask_tiles.shape) != (len(masks), 3, *masks.shape[-2:]):
+    references = {name: torch.as_tensor(t).as_subclass(Tensor).float() for name, t in (references or {}).items()}
+    for name, tiles in references.items():
+        if tuple(tiles.shape) != (len(masks), 3, *masks.shape[-2:]):
             raise ValueError(
-                f"mask_tiles must be (N, 3, H, W) = {(len(masks), 3, *masks.shape[-2:])} like the masks, "
-                f"got {tuple(mask_tiles.shape)}."
+                f"reference {name!r} must be (N, 3, H, W) = {(len(masks), 3, *masks.shape[-2:])} like the masks, "
+                f"got {tuple(tiles.shape)}."
             )
     out = Path(out_dir)
     parts_dir = out / _PARTS_DIR
@@ -382,21 +396,21 @@ def compare_generators(
             "seconds_per_tile": part["seconds"] / len(masks),
         }
         grids[name] = part["grid"]
-    reference = None
-    if mask_tiles is not None:
+    reference_rows = {}
+    for name, tiles in references.items():
         fidelity = MaskFidelity(ruler, batch_size=batch_size)
-        fidelity(mask_tiles, masks)
+        fidelity(tiles, masks)
         scores = fidelity.aggregate()
-        reference = {k: scores[k] for k in ("iou", "miou", "pixel_accuracy", "confusion_matrix")}
-        reference["fid"] = ruler_fid(ruler_features(ruler, mask_tiles, batch_size), real_features)
-        reference["seconds_per_tile"] = None
+        reference_rows[name] = {k: scores[k] for k in _SCORES}
+        reference_rows[name]["fid"] = ruler_fid(ruler_features(ruler, tiles, batch_size), real_features)
+        reference_rows[name]["seconds_per_tile"] = None
 
     label_counts = [len(torch.unique(m)) for m in masks]
     files = {"table": out / "compare.md", "json": out / "compare.json", "grid": out / "compare_grid.png"}
     result: dict[str, Any] = {
         "generators": rows,
         "order": list(rows),
-        "reference": reference,
+        "references": reference_rows,
         "num_masks": len(masks),
         "mask_size": list(masks.shape[-2:]),
         "labels_per_mask": [min(label_counts), float(np.mean(label_counts)), max(label_counts)],
@@ -409,7 +423,7 @@ def compare_generators(
         "device": "GPU" if any(p.is_cuda for p in ruler.parameters()) else "CPU",
         "files": {k: str(v) for k, v in files.items()},
     }
-    columns = grids if mask_tiles is None else {"real": mask_tiles[:grid_rows], **grids}
+    columns = {**{name: tiles[:grid_rows] for name, tiles in references.items()}, **grids}
     _save_grid(masks, columns, files["grid"], grid_rows)
     atomic_write_text(files["table"], "# Generator comparison\n\n" + format_comparison(result) + "\n")
     atomic_write_text(files["json"], json.dumps(_finite_or_none(result), indent=1))
@@ -460,13 +474,15 @@ def format_comparison(result: Mapping[str, Any], timing: bool = True) -> str:
         result: what :func:`compare_generators` returned (or its ``compare.json``).
         timing: include the seconds-per-tile column (leave it out to compare runs on other machines).
     """
-    head = ["generator", "mIoU", *(f"IoU {n}" if i == 0 else n for i, n in enumerate(LABEL_NAMES)), "pixel acc", "FID"]
+    head = ["generator", "mIoU", *(f"IoU {n}" if i == 0 else n for i, n in enumerate(LABEL_NAMES)), "pixel acc"]
+    head += ["leak", "FID"]
     head += ["s/tile"] if timing else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     named = [(name, result["generators"][name]) for name in result["order"]]
-    named += [("real (ruler on the masks' tiles)", result["reference"])] if result.get("reference") else []
+    named += [(f"{name} (reference)", row) for name, row in (result.get("references") or {}).items()]
     for name, row in named:
         cells = [name, _cell(row["miou"]), *(_cell(v) for v in row["iou"]), _cell(row["pixel_accuracy"])]
+        cells.append(_cell(row.get("leak")))
         cells.append(_cell(row["fid"], 2))
         cells += [_cell(row["seconds_per_tile"])] if timing else []
         lines.append("| " + " | ".join(cells) + " |")
@@ -478,7 +494,8 @@ def format_comparison(result: Mapping[str, Any], timing: bool = True) -> str:
     lines += [
         "",
         f"Ruler: {result['ruler']}; {steps}; {result['num_masks']} held-out masks of {h}x{w} px with {lo}-{hi} "
-        f"labels (mean {mean:.2f}), the same seeds for every generator; FID on the ruler's {result['feature_dim']}-d "
+        f"labels (mean {mean:.2f}), the same seeds for every generator; leak: the share of pixels the ruler reads as "
+        f"another label of the same mask; FID on the ruler's {result['feature_dim']}-d "
         f"encoder features against {result['num_real_tiles']} real tiles; s/tile: generation only, on "
         f"{result.get('device', 'CPU')}.",
     ]
@@ -507,8 +524,9 @@ def run_comparison(
     The generators are :func:`monai_disc.inferers.load_generator`'s, from the weights under ``bundles_dir``;
     those whose weights are missing (e.g. SD-DISC before it is trained) are skipped. The ruler is the CarcinoNet
     of :data:`monai_disc.bundles.CARCINONET_WEIGHTS`. Masks are :func:`held_out_masks` (>= 2 labels, cropped to
-    ``size``), and their real tiles give the ``real`` reference row; the FID reference is up to ``num_real``
-    held-out real tiles cropped the same way.
+    ``size``); their real tiles give the ``real`` reference row and, encoded and decoded by SD's autoencoder, the
+    ``real, autoencoded`` one (the part of the gap to real tiles that the first stage alone makes). The FID
+    reference is up to ``num_real`` held-out real tiles cropped the same way.
 
     Args:
         data_root: a SICAPv2-layout folder (e.g. the toy set of ``monai-disc toy-data``).
@@ -543,6 +561,7 @@ def run_comparison(
         for key, entry in GENERATORS.items()
         if key in ("sd", "sc") or bundle_file(entry.weights, bundles_dir).is_file()
     }
+    sd = generators[GENERATORS["sd"].display]
     masks, mask_tiles = held_out_masks(data_root, num_masks, min_labels=2, size=size)
     _, real_tiles = held_out_masks(data_root, num_real, min_labels=1, size=size)
     return compare_generators(
@@ -555,5 +574,5 @@ def run_comparison(
         batch_size=batch_size,
         ruler_name=f"CarcinoNet toy ({ruler_path})",
         resume=resume,
-        mask_tiles=mask_tiles,
+        references={"real": mask_tiles, "real, autoencoded": autoencoded(sd.autoencoder, mask_tiles, batch_size)},
     )

@@ -1,8 +1,9 @@
-"""The generators by name (SD, SD-SC, SD-DISC, SD-DISC-CoTrain, ...): the one factory every door uses.
+"""The generators by name (SD, SD-SC, SD-DISC, SD-DISC-CoTrain, SD-GD, ...): the one factory every door uses.
 
 A generator is a sampler with its networks that turns Gleason masks and noise seeds into tiles
-(:class:`TileGenerator`). SD-SC samples the SD weights with separated conditions; SD-DISC and SD-DISC-CoTrain
-are the plain sampler with fine-tuned denoiser weights. Each :data:`GENERATORS` entry carries its weights and
+(:class:`TileGenerator`). SD-SC samples the SD weights with separated conditions; SD-DISC, SD-DISC-CoTrain and
+SD-GD (classifier-free guidance distilled, :class:`monai_disc.engines.GuidanceDistillPrepareBatch`) are the plain
+sampler with fine-tuned denoiser weights. Each :data:`GENERATORS` entry carries its weights and
 its sampler options, so a variant (another fusion step, other weights) is one more entry; the CLI's choices,
 the demo, the comparison, slide generation and the bundles' docs all read this registry.
 """
@@ -49,6 +50,7 @@ GENERATORS: dict[str, GeneratorEntry] = {
     "sc": GeneratorEntry("SD-SC", "gleason_ldm/models/model.pt", separated=True),
     "disc": GeneratorEntry("SD-DISC", "gleason_ldm_disc/models/model_disc.pt"),
     "cotrain": GeneratorEntry("SD-DISC-CoTrain", "gleason_ldm_disc/models/model_cotrain.pt"),
+    "gd": GeneratorEntry("SD-GD", "gleason_ldm/models/model_gd.pt"),
 }
 
 

@@ -4,6 +4,10 @@ A trained segmenter (CarcinoNet) is the ruler: it grades every generated tile, a
 is compared pixel by pixel with the mask the tile was generated from (IoU per class, mIoU, pixel
 accuracy). A better segmenter makes a stricter ruler; the numbers compare generators only when
 they are measured with the same segmenter.
+
+Leakage splits the errors inside a mask's regions by where the wrong label comes from: a pixel of label i read
+as a label j that the same mask asks for elsewhere is a *leak* (one pattern drawn into another's region, what
+separated conditions are meant to stop); read as a label the mask does not hold, a *foreign* error.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class MaskFidelity:
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.metric = PixelGradingMetric(num_classes=num_classes, groups=groups)
+        self.counts = torch.zeros(3, dtype=torch.long)  # leaked, foreign, all pixels
 
     def _device(self, fallback: torch.device) -> torch.device:
         param = next(self.segmenter.parameters(), None)
@@ -85,6 +90,11 @@ class MaskFidelity:
                 "expected (B, H, W) or (B, 1, H, W) with the images' B, H, W."
             )
         pred = self.segment(images)
+        truth = m.cpu().long()
+        present = torch.nn.functional.one_hot(truth.flatten(1), self.num_classes).amax(dim=1).bool()  # (B, K)
+        wrong = pred != truth
+        asked = present.gather(1, pred.flatten(1)).view_as(pred)  # the read label is in this tile's mask
+        self.counts += torch.stack([(wrong & asked).sum(), (wrong & ~asked).sum(), torch.tensor(truth.numel())])
         return self.metric(pred, m.cpu())[0] if len(pred) else torch.zeros(self.num_classes, self.num_classes)
 
     __call__ = update
@@ -95,9 +105,13 @@ class MaskFidelity:
 
     def aggregate(self) -> dict[str, Any]:
         """``iou`` (per class), ``miou`` (over classes in masks or predictions), ``pixel_accuracy``,
-        and the other pixel scores of :func:`~monai_disc.metrics.pixel.grading_scores`."""
-        return self.metric.aggregate()
+        the other pixel scores of :func:`~monai_disc.metrics.pixel.grading_scores`, and ``leak`` / ``foreign``:
+        the fractions of all pixels read as another label of the same mask / as a label the mask does not hold."""
+        leaked, foreign, total = (int(c) for c in self.counts)
+        share = (lambda n: n / total) if total else (lambda n: float("nan"))
+        return {**self.metric.aggregate(), "leak": share(leaked), "foreign": share(foreign)}
 
     def reset(self) -> None:
         """Forget everything accumulated."""
         self.metric.reset()
+        self.counts.zero_()

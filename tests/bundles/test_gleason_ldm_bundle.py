@@ -33,6 +33,7 @@ def test_metadata_has_every_mandatory_field():
         (["train_autoencoder.yaml"], "train"),
         (["train.yaml"], "train"),
         (["train.yaml", "multi_gpu_train.yaml"], "train"),
+        (["train.yaml", "train_gd.yaml"], "train"),
         (["inference.yaml"], "infer"),
     ],
 )
@@ -71,6 +72,20 @@ def test_training_writes_weights_that_load_with_weights_only(trained):
     assert any(k.startswith("mask_encoder.") for k in denoiser)
     # the sample grid reached TensorBoard
     assert list((trained / "ldm" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_guidance_distillation_starts_from_the_teacher_and_writes_model_gd(trained, toy_root, tmp_path):
+    models = trained / "models"
+    teacher = torch.load(models / "model.pt", weights_only=True)
+    args = ["--dataset_dir", str(toy_root), "--model_dir", str(tmp_path), "--output_dir", str(tmp_path / "gd")]
+    args += ["--autoencoder_path", str(models / "autoencoder.pt"), "--teacher_path", str(models / "model.pt")]
+    log = bundle_run("gleason_ldm", ["train.yaml", "train_gd.yaml"], *args, *TINY, "--sample_interval", "100000")
+    assert "val_mse" in log  # the distance to the guided teacher, on the Test tiles
+    student = torch.load(tmp_path / "model_gd.pt", weights_only=True)
+    assert student.keys() == teacher.keys()
+    moved = [k for k in teacher if teacher[k].is_floating_point() and not torch.equal(teacher[k], student[k])]
+    # two steps at lr 1e-4 from the teacher's weights: every trained tensor moved, and only a little
+    assert moved and all((student[k] - teacher[k]).abs().max() < 1e-2 for k in moved)
 
 
 def test_inference_draws_one_tile_per_mask_and_skips_finished_ones(trained, tmp_path):

@@ -68,6 +68,22 @@ def test_fidelity_counts_disagreement_exactly():
     assert fid.confusion_matrix().sum() == 0
 
 
+def test_leak_and_foreign_errors_are_told_apart():
+    seg = ColourSegmenter()
+    asked = torch.tensor([[[0, 1, 1, 2]], [[3, 3, 3, 3]]])
+    # tile 0 draws GG3 (asked elsewhere in its mask) into the GG4 pixel: a leak; and GG5 (not asked) into NC: foreign
+    # tile 1 draws GG3 into a uniform GG5 mask: foreign (a one-label mask cannot leak)
+    shown = torch.tensor([[[3, 1, 1, 1]], [[3, 1, 3, 3]]])
+    fid = MaskFidelity(seg)
+    fid(_tiles(shown), asked)
+    s = fid.aggregate()
+    assert s["leak"] == pytest.approx(1 / 8) and s["foreign"] == pytest.approx(2 / 8)
+    assert s["pixel_accuracy"] == pytest.approx(1 - s["leak"] - s["foreign"])
+    fid.reset()
+    fid(_tiles(asked), asked)
+    assert fid.aggregate()["leak"] == 0.0 and fid.aggregate()["foreign"] == 0.0
+
+
 def test_masks_must_match_tiles():
     fid = MaskFidelity(ColourSegmenter())
     with pytest.raises(ValueError, match="do not match images"):
