@@ -37,7 +37,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from monai_disc.data.toy import draw_mask, draw_tissue
-from monai_disc.inferers import RegionSampler, load_generator, load_weights
+from monai_disc.inferers import GENERATORS, RegionSampler, load_generator, load_weights
 from monai_disc.labels import NUM_CLASSES
 from monai_disc.metrics.pixel import PixelGradingMetric
 from monai_disc.networks import carcinonet_toy
@@ -45,10 +45,12 @@ from monai_disc.visualize import to_uint8
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 TILE = 64  # the toy denoiser's window in pixels (16 x 16 latents)
+NAIVE = "naive tiling (tile by tile)"
 RULES = {  # name -> RegionSampler options (decoded chunks on the sampling windows where there is a fixed grid)
     "no agreement (overlap 0, one noise)": {"mode": "average", "overlap": 0, "decode_overlap": 0},
     "average, overlap 8": {"mode": "average", "overlap": 8, "decode_overlap": 8},
     "average, overlap 4, ramps (default)": {"mode": "average", "overlap": 4, "decode_overlap": 4},
+    "average, overlap 2, ramps": {"mode": "average", "overlap": 2, "decode_overlap": 2},
     "average, overlap 4, plain mean": {"mode": "average", "overlap": 4, "decode_overlap": 4, "blend": "uniform"},
     "average, overlap 4, decoded off-grid": {"mode": "average", "overlap": 4, "decode_overlap": 8},
     "shift (DiffInfinite)": {"mode": "shift", "overlap": 0, "decode_overlap": 4},
@@ -107,8 +109,10 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-def compare(size: int, n_masks: int, steps: int, seed: int) -> list[dict]:
-    gen = load_generator("sd", BUNDLES, num_inference_steps=steps)
+def compare(
+    size: int, n_masks: int, steps: int, seed: int, generator: str, guidance: float, rules: list[str]
+) -> list[dict]:
+    gen = load_generator(generator, BUNDLES, num_inference_steps=steps, guidance_scale=guidance)
     ruler = load_weights(carcinonet_toy(), BUNDLES / "carcinonet" / "models" / "model.pt")
     rows: dict[str, dict[str, list[float]]] = {}
 
@@ -124,15 +128,15 @@ def compare(size: int, n_masks: int, steps: int, seed: int) -> list[dict]:
         real, _ = draw_tissue(mask, np.random.default_rng([seed, m, 1]))
         add("real toy tissue", real, mask, None)
         image, seconds = _timed(naive_tiling, mask, gen, seed + m)
-        add("naive tiling (SD tile by tile)", image, mask, seconds)
-        for name, options in RULES.items():
-            region = RegionSampler(gen.sampler, window_batch_size=32, **options)
+        add(NAIVE, image, mask, seconds)
+        for name in rules:
+            region = RegionSampler(gen.sampler, window_batch_size=32, **RULES[name])
             image, seconds = _timed(region.sample, torch.from_numpy(mask), gen.autoencoder, gen.denoiser, seed + m)
             add(f"region, {name}", image, mask, seconds)
         print(f"mask {m + 1}/{n_masks} done", file=sys.stderr, flush=True)
-    naive = float(np.mean(rows["naive tiling (SD tile by tile)"]["s_per_mp"]))
+    naive = float(np.mean(rows[NAIVE]["s_per_mp"]))
     real_seams = float(np.mean(rows["real toy tissue"]["seams"]))
-    naive_miou = float(np.mean(rows["naive tiling (SD tile by tile)"]["miou"]))
+    naive_miou = float(np.mean(rows[NAIVE]["miou"]))
     table = []
     for name, row in rows.items():
         s = float(np.mean(row["s_per_mp"])) if row["s_per_mp"] else float("nan")
@@ -150,9 +154,10 @@ def compare(size: int, n_masks: int, steps: int, seed: int) -> list[dict]:
     return table
 
 
-def format_table(table: list[dict], size: int, n_masks: int, steps: int) -> str:
+def format_table(table: list[dict], size: int, n_masks: int, steps: int, generator: str, guidance: float) -> str:
+    guided = f", guidance {guidance:g}" if guidance != 1.0 else ""
     lines = [
-        f"{n_masks} toy masks of {size} px, {steps} DDIM steps, SD weights",
+        f"{n_masks} toy masks of {size} px, {steps} DDIM steps{guided}, generator {GENERATORS[generator].display}",
         "",
         "| drawing | seam ratio | vs real | ruler mIoU | vs naive | s / MP | cost vs naive |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -241,12 +246,14 @@ def legend_strip(img, caption: str, height: int = 28):
     return out
 
 
-def picture(out_dir: Path, size: int, steps: int, mode: str, seed: int, width: int = 1200) -> None:
+def picture(
+    out_dir: Path, size: int, steps: int, mode: str, seed: int, generator: str, guidance: float, width: int = 1200
+) -> None:
     from PIL import Image
 
     from monai_disc.labels import colorize
 
-    gen = load_generator("sd", BUNDLES, num_inference_steps=steps)
+    gen = load_generator(generator, BUNDLES, num_inference_steps=steps, guidance_scale=guidance)
     mask = slide_mask(size, seed)
     region_sampler = RegionSampler(gen.sampler, mode=mode, window_batch_size=32, progress=True)
     region, t_region = _timed(region_sampler.sample, torch.from_numpy(mask), gen.autoencoder, gen.denoiser, seed)
@@ -257,7 +264,8 @@ def picture(out_dir: Path, size: int, steps: int, mode: str, seed: int, width: i
         canvas[:, i * (size + gap) : i * (size + gap) + size] = p
     img = Image.fromarray(canvas)
     img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
-    caption = f"mask | region sampler ({mode}) | naive tiling: {size} px, {steps} DDIM steps, SD"
+    guided = f", guidance {guidance:g}" if guidance != 1.0 else ""
+    caption = f"mask | region sampler ({mode}) | naive tiling: {size} px, {steps} DDIM steps{guided}, {gen.name}"
     out_dir.mkdir(parents=True, exist_ok=True)
     legend_strip(img, caption).save(out_dir / "region_2048.png", optimize=True)
     crop = slice(size // 2 - 128, size // 2 + 128)
@@ -284,6 +292,16 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="measure peak memory per region size instead")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--mode", default="average", choices=["average", "shift"])
+    parser.add_argument("--generator", default="sd", choices=list(GENERATORS))
+    parser.add_argument("--guidance-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        default=list(RULES),
+        choices=list(RULES),
+        metavar="RULE",
+        help="window rules to compare (default: all)",
+    )
     parser.add_argument("--picture", type=Path, help="write the docs picture into this folder instead")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -297,10 +315,14 @@ def main() -> None:
                 f"networks, {r['seconds']:.0f} s"
             )
     elif args.picture:
-        picture(args.picture, args.size, args.num_inference_steps, args.mode, args.seed)
+        picture(
+            args.picture, args.size, args.num_inference_steps, args.mode, args.seed, args.generator, args.guidance_scale
+        )
     else:
-        table = compare(args.size, args.masks, args.num_inference_steps, args.seed)
-        print(format_table(table, args.size, args.masks, args.num_inference_steps))
+        table = compare(
+            args.size, args.masks, args.num_inference_steps, args.seed, args.generator, args.guidance_scale, args.rules
+        )
+        print(format_table(table, args.size, args.masks, args.num_inference_steps, args.generator, args.guidance_scale))
 
 
 if __name__ == "__main__":
