@@ -107,7 +107,7 @@ def test_config_workflows_have_required_properties(config, workflow_type, distil
 @pytest.mark.parametrize(
     "generator, weights, separated",
     [("sd", "sd/model.pt", False), ("sc", "sd/model.pt", True), ("disc", "models/model_disc.pt", False),
-     ("cotrain", "models/model.pt", False)],
+     ("cotrain", "models/model.pt", False), ("gd", "sd/model_gd.pt", False)],
 )  # fmt: skip
 def test_inference_generator_switch_picks_weights_and_sampler(generator, weights, separated, tmp_path):
     parser = ConfigParser()
