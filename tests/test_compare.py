@@ -172,7 +172,12 @@ def test_files_written(tmp_path):
     masks, seeds = _masks(8), list(range(8))
     real = paint(masks, [s + 100 for s in seeds])  # the real tiles under the masks: painted with other noise
     result = compare_generators(
-        {"SD": constant, "SD-SC": paint}, masks, seeds, PaletteRuler(), paint(masks, seeds), tmp_path,
+        {"SD": constant, "SD-SC": paint},
+        masks,
+        seeds,
+        PaletteRuler(),
+        paint(masks, seeds),
+        tmp_path,
         references={"real": real},
     )
     table = (tmp_path / "compare.md").read_text()

@@ -175,17 +175,20 @@ def _demo(args: argparse.Namespace) -> None:
     from monai_disc.apps.demo import run_demo
 
     run_demo(
-        Path(args.out), bundles_dir=args.bundles, seed=args.seed, num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale, n_slides=args.slides, overwrite=args.overwrite,
+        Path(args.out), bundles_dir=args.bundles, generator=args.generator, seed=args.seed,
+        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, n_slides=args.slides,
+        overwrite=args.overwrite,
     )  # fmt: skip
 
 
 def _add_sampling(p: argparse.ArgumentParser, generator: bool = True) -> None:
     """The options of every command that draws tiles: generator, bundles folder, DDIM steps, guidance."""
-    from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS
+    from monai_disc.inferers import DEFAULT_GENERATOR, DEFAULT_NUM_INFERENCE_STEPS, GENERATORS
 
     if generator:
-        p.add_argument("--generator", default="sd", choices=list(GENERATORS), help="a registered generator")
+        p.add_argument(
+            "--generator", default=DEFAULT_GENERATOR, choices=list(GENERATORS), help="a registered generator"
+        )
     p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
     p.add_argument("--num-inference-steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS, help="DDIM steps per tile")
     p.add_argument(
@@ -328,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded toy data")
     p.add_argument("--out", default="demo_out", help="output folder")
-    _add_sampling(p, generator=False)
+    _add_sampling(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slides", type=int, default=40, help="slides of the toy set")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of a demo run with other settings")

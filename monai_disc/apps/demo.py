@@ -1,9 +1,10 @@
 """`monai-disc demo`: the main job on the embedded toy data, end to end with the shipped weights.
 
-Builds (or reuses) the toy SICAPv2 set, writes its contact sheet, prints its summary, draws SD tiles for
-held-out toy masks, grades real and generated tiles with the CarcinoNet ruler, draws a few planned synthetic
-slides, runs a small lambda sweep of the toy TransMIL with them (the paper's Figure 6 in miniature), compares
-the four generators when their weights are shipped, and writes the pictures.
+Builds (or reuses) the toy SICAPv2 set, writes its contact sheet, prints its summary, draws tiles for held-out
+toy masks with the default generator (:data:`monai_disc.inferers.DEFAULT_GENERATOR`, or ``generator``), grades
+real and generated tiles with the CarcinoNet ruler, draws a few planned synthetic slides, runs a small lambda sweep
+of the toy TransMIL with them (the paper's Figure 6 in miniature), compares the registered generators when their
+weights are shipped, and writes the pictures.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from monai_disc.bundles import CARCINONET_WEIGHTS, TRANSMIL_WEIGHTS, bundle_file
 from monai_disc.data import format_summary, load_sicapv2, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
 from monai_disc.data.synthetic import IMAGES_DIR, MASKS_DIR
 from monai_disc.data.tilesets import load_sicapv2_bags, load_synthetic_bags
-from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, LDMGenerator, load_generator
+from monai_disc.inferers import (
+    DEFAULT_GENERATOR,
+    DEFAULT_NUM_INFERENCE_STEPS,
+    GENERATORS,
+    LDMGenerator,
+    load_generator,
+)
 from monai_disc.io import atomic_write_text, compare_settings, settings_error
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
 from monai_disc.masks import ShapeBank, plan_synthetic_slides
@@ -54,6 +61,7 @@ def _format_scores(title: str, scores: dict, masks: torch.Tensor) -> str:
 def run_demo(
     out: str | os.PathLike,
     bundles_dir: str | os.PathLike | None = None,
+    generator: str = DEFAULT_GENERATOR,
     seed: int = 0,
     num_tiles: int = 8,
     num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
@@ -67,6 +75,7 @@ def run_demo(
     Args:
         out: output folder (the toy set is cached in ``out/toy``).
         bundles_dir: folder holding the bundles and their ``models/`` weights; None: the source checkout's.
+        generator: the registered generator that draws the tiles and the synthetic slides.
         seed: noise seed of the first generated tile.
         num_tiles: held-out masks to draw for.
         num_inference_steps: DDIM steps of every generator (the paper's 200 cost four times as long as 50).
@@ -78,15 +87,15 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sampling = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
-    _check_settings(out, {"seed": seed, "num_tiles": num_tiles, **sampling, "n_slides": n_slides,
-                          "tile_size": tile_size}, overwrite)  # fmt: skip
+    _check_settings(out, {"generator": generator, "seed": seed, "num_tiles": num_tiles, **sampling,
+                          "n_slides": n_slides, "tile_size": tile_size}, overwrite)  # fmt: skip
     start = time.perf_counter()
     root = make_toy_sicapv2(out / "toy", n_slides=n_slides, tile_size=tile_size, seed=seed, overwrite=overwrite)
     sheet = save_contact_sheet(root, out / "toy_preview.png")
     print(f"toy data: {root} ({time.perf_counter() - start:.1f} s); contact sheet: {sheet}")
     print(format_summary(summarize_sicapv2(root)))
 
-    sd = load_generator("sd", bundles_dir, **sampling)
+    gen = load_generator(generator, bundles_dir, **sampling)
     ruler = load_weights(carcinonet_toy(), bundle_file(CARCINONET_WEIGHTS, bundles_dir))
 
     masks, tiles = held_out_masks(root, num_tiles)
@@ -97,7 +106,7 @@ def run_demo(
         save_picture(m.numpy().astype(np.uint8), mask_dir / f"heldout_{i:02d}.png")
 
     start = time.perf_counter()
-    generated = sd.sample(masks64, range(seed, seed + len(masks64)))
+    generated = gen.sample(masks64, range(seed, seed + len(masks64)))
     per_tile = (time.perf_counter() - start) / len(masks64)
 
     real, real64, synthetic = MaskFidelity(ruler), MaskFidelity(ruler), MaskFidelity(ruler)
@@ -107,20 +116,21 @@ def run_demo(
     figures = {
         "real": real.aggregate(),
         "real_64px": real64.aggregate(),
-        "sd_64px": synthetic.aggregate(),
-        "sd_seconds_per_tile": per_tile,
+        "generated_64px": synthetic.aggregate(),
+        "seconds_per_tile": per_tile,
+        "generator": gen.name,
         **sampling,
     }
     print(_format_scores("CarcinoNet on held-out real toy tiles", figures["real"], masks))
     print(_format_scores("CarcinoNet on their 64 px crops", figures["real_64px"], masks64))
     print(
         _format_scores(
-            f"CarcinoNet on SD tiles for the same 64 px masks ({num_inference_steps} DDIM steps)",
-            figures["sd_64px"],
+            f"CarcinoNet on {gen.name} tiles for the same 64 px masks ({num_inference_steps} DDIM steps)",
+            figures["generated_64px"],
             masks64,
         )
     )
-    print(f"SD sampling: {per_tile:.2f} s per 64 px tile on {'GPU' if torch.cuda.is_available() else 'CPU'}")
+    print(f"{gen.name} sampling: {per_tile:.2f} s per 64 px tile on {'GPU' if torch.cuda.is_available() else 'CPU'}")
 
     predicted = real.segment(tiles)
     rows = [
@@ -130,8 +140,9 @@ def run_demo(
     pictures = [sheet]
     pictures.append(
         save_grid(
-            rows, out / "sd_grid.png", titles=["mask", "real", "SD", "SD + mask", "SD + ruler"], legend_colors=True,
-            title=f"SD tiles for held-out 64 px masks ({num_inference_steps} DDIM steps)", zoom=2,
+            rows, out / "generated_grid.png", legend_colors=True, zoom=2,
+            titles=["mask", "real", gen.name, f"{gen.name} + mask", f"{gen.name} + ruler"],
+            title=f"{gen.name} tiles for held-out 64 px masks ({num_inference_steps} DDIM steps)",
         )
     )  # fmt: skip
     pictures.append(
@@ -143,9 +154,9 @@ def run_demo(
     )  # fmt: skip
     figures["masks_for_bundles"] = str(mask_dir)
     print(f"{len(masks64)} held-out masks for the LDM bundles' inference: {mask_dir}")
-    figures["synthetic_slides"] = _synthetic_slides(root, out / "synthetic_slides", sd)
+    figures["synthetic_slides"] = _synthetic_slides(root, out / "synthetic_slides", gen)
     pictures.append(Path(figures["synthetic_slides"]))
-    figures["lambda_sweep"] = _lambda_sweep(root, out, out / "synthetic_slides", bundles_dir, seed)
+    figures["lambda_sweep"] = _lambda_sweep(root, out, out / "synthetic_slides", gen.name, bundles_dir, seed)
     pictures.append(out / "lambda_sweep" / "sweep.png")
     if (root / "panda" / "train.csv").is_file():
         figures["panda"] = _panda_evaluation(root / "panda", out, bundles_dir, tile_size)
@@ -206,15 +217,18 @@ def _synthetic_slides(root: Path, out: Path, generator: LDMGenerator, num_slides
     grades = f"primary {LABEL_NAMES[shown.primary]}, secondary {LABEL_NAMES[shown.secondary]}"
     grid = save_grid(
         [tiles, masks], out / "slide_grid.png", legend_colors=True, zoom=2,
-        title=f"synthetic slide {shown.slide_id} ({grades}): SD tiles above the masks they follow",
+        title=f"synthetic slide {shown.slide_id} ({grades}): {generator.name} tiles above the masks they follow",
     )  # fmt: skip
     drawn = ", ".join(f"{LABEL_NAMES[p.primary]}+{LABEL_NAMES[p.secondary]}" for p in plans)
     print(f"{len(plans)} synthetic slides ({drawn}) in {out} ({seconds:.2f} s per tile); {shown.slide_id}: {grid}")
     return str(grid)
 
 
-def _lambda_sweep(root: Path, out: Path, slides: Path, bundles_dir: str | os.PathLike | None, seed: int) -> str:
-    """Toy TransMIL on real bags, alone (lambda 0) and mixed with the SD slides, on the bundle's real splits.
+def _lambda_sweep(
+    root: Path, out: Path, slides: Path, name: str, bundles_dir: str | os.PathLike | None, seed: int
+) -> str:
+    """Toy TransMIL on real bags, alone (lambda 0) and mixed with the synthetic slides of generator ``name``, on the
+    bundle's real splits.
 
     Real bags: Val1/Train to train, Val1/Test to validate, Test/Test to score (as bundle transmil's
     extract_features.yaml); features from the toy CarcinoNet encoder for real and synthetic tiles alike.
@@ -224,16 +238,16 @@ def _lambda_sweep(root: Path, out: Path, slides: Path, bundles_dir: str | os.Pat
     real = {"train": ("Val1", "Train"), "val": ("Val1", "Test"), "test": ("Test", "Test")}
     for name, (partition, split) in real.items():
         extract_bag_features(load_sicapv2_bags(root, partition, split), extractor, features / name, progress=False)
-    extract_bag_features(load_synthetic_bags(slides), extractor, features / "sd", progress=False)
+    extract_bag_features(load_synthetic_bags(slides), extractor, features / "synthetic", progress=False)
     start = time.perf_counter()
     summary = lambda_sweep(
-        features / "train", features / "val", {"toy": features / "test"}, {"sd": features / "sd"},
+        features / "train", features / "val", {"toy": features / "test"}, {name: features / "synthetic"},
         lambdas=(0.0, 0.3, 0.7), seeds=(seed,), out_dir=out / "lambda_sweep", progress=False,
         network="transmil_toy", max_epochs=20, patience=5, tensorboard=False,
     )  # fmt: skip
     print(format_sweep(summary))
     print(f"lambda sweep: {time.perf_counter() - start:.0f} s; {out / 'lambda_sweep' / 'sweep.png'}")
-    print(_sweep_sentence(summary, features))
+    print(_sweep_sentence(summary, features, name))
     return str(out / "lambda_sweep" / "sweep.md")
 
 
@@ -260,11 +274,11 @@ def _panda_evaluation(panda: Path, out: Path, bundles_dir: str | os.PathLike | N
     return result
 
 
-def _sweep_sentence(summary: pd.DataFrame, features: Path) -> str:
+def _sweep_sentence(summary: pd.DataFrame, features: Path, name: str) -> str:
     """What the miniature sweep shows, and how small it is."""
     from monai_disc.networks import FeatureBagDataset
 
-    counts = {name: len(FeatureBagDataset(features / name)) for name in ("train", "test", "sd")}
+    counts = {folder: len(FeatureBagDataset(features / folder)) for folder in ("train", "test", "synthetic")}
     labels = np.stack([FeatureBagDataset(features / "test")[i]["label"].numpy() for i in range(counts["test"])])
     pos = labels.sum(axis=0)
     pairs = [p * (counts["test"] - p) for p in pos if 0 < p < counts["test"]]
@@ -273,7 +287,7 @@ def _sweep_sentence(summary: pd.DataFrame, features: Path) -> str:
     macro = ", ".join(f"{100 * m:.1f} at lambda {lam:g}" for lam, m in zip(part["lam"], part["macro_mean"]))
     return (
         f"What the sweep shows: the toy TransMIL trained on {counts['train']} real slides, alone and mixed with "
-        f"{counts['sd']} SD slides, one seed, scored on {counts['test']} test slides (macro AUROC {macro}). At "
+        f"{counts['synthetic']} {name} slides, one seed, scored on {counts['test']} test slides (macro AUROC {macro}). At "
         f"this size one pair of test slides ranked the other way moves a class's AUROC by up to {step:.0f} "
         "points, so the sweep checks that the pipeline runs end to end; it does not measure the paper's gain "
         "(Figure 6: 155 real slides, 276 synthetic, several seeds; see docs/generators.md for the toy sweep)."

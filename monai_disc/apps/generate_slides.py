@@ -42,7 +42,7 @@ from monai_disc.data.synthetic import (
     manifest_text,
 )
 from monai_disc.distributed import resolve_rank
-from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, TileGenerator
+from monai_disc.inferers import DEFAULT_GENERATOR, DEFAULT_NUM_INFERENCE_STEPS, TileGenerator
 from monai_disc.io import atomic_write_text, csv_text
 from monai_disc.labels import LABEL_NAMES
 from monai_disc.masks import ShapeBank, SlidePlan
@@ -293,7 +293,7 @@ def generate_slides(
 def run_generate_slides(
     data: str | os.PathLike,
     out: str | os.PathLike,
-    generator: str = "sd",
+    generator: str = DEFAULT_GENERATOR,
     bundles: str | os.PathLike | None = None,
     target: int = 100,
     tiles: Sequence[int] = (20, 100),

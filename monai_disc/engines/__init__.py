@@ -8,8 +8,8 @@ from .bundle import FolderScan, bundle_settings, exit_on_failures, load_weights_
 from .checkpoint import ResumableCheckpoint, latest_checkpoint
 from .disc import DISCPrepareBatch
 from .distill import DistillationSet, distill_seed, write_distillation_set
-from .guidance import GuidanceDistillPrepareBatch
 from .generation import MaskBatch, MaskLDMInferer, SaveTilesHandler, mask_seed, pending_masks
+from .guidance import GuidanceDistillPrepareBatch
 from .ldm import (
     LatentDiffusionPrepareBatch,
     SampleGridHandler,

@@ -38,7 +38,9 @@ class GuidanceDistillPrepareBatch:
     """
 
     def __init__(
-        self, prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor, tuple, dict]], teacher: nn.Module,
+        self,
+        prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor, tuple, dict]],
+        teacher: nn.Module,
         guidance_scale: float = 3.0,
     ) -> None:
         if guidance_scale < 1.0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .generators import GENERATORS, GeneratorEntry, LDMGenerator, TileGenerator, load_generator
+from .generators import DEFAULT_GENERATOR, GENERATORS, GeneratorEntry, LDMGenerator, TileGenerator, load_generator
 from .mask_ldm import (
     DEFAULT_NUM_INFERENCE_STEPS,
     LDM_SCHEDULE,
@@ -16,6 +16,7 @@ from .schedulers import PLMSScheduler, plms_scheduler
 from .separated import SeparatedConditionInferer, fuse_latents, present_labels, uniform_masks
 
 __all__ = [
+    "DEFAULT_GENERATOR",
     "DEFAULT_NUM_INFERENCE_STEPS",
     "GENERATORS",
     "LDM_SCHEDULE",

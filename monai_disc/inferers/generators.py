@@ -24,7 +24,7 @@ from monai_disc.inferers.separated import SeparatedConditionInferer
 from monai_disc.networks import mask_ldm_toy, vq_f4_toy
 from monai_disc.networks.weights import load_weights
 
-__all__ = ["GENERATORS", "GeneratorEntry", "LDMGenerator", "TileGenerator", "load_generator"]
+__all__ = ["DEFAULT_GENERATOR", "GENERATORS", "GeneratorEntry", "LDMGenerator", "TileGenerator", "load_generator"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ GENERATORS: dict[str, GeneratorEntry] = {
     "cotrain": GeneratorEntry("SD-DISC-CoTrain", "gleason_ldm_disc/models/model_cotrain.pt"),
     "gd": GeneratorEntry("SD-GD", "gleason_ldm/models/model_gd.pt"),
 }
+#: the generator a door uses when none is named (slide and region generation, the demo, the MONAI Label model):
+#: the one that follows its masks best at plain SD's cost (docs/generators.md, "Guidance distilled: SD-GD")
+DEFAULT_GENERATOR = "sd"
 
 
 @runtime_checkable

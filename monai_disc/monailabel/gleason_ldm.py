@@ -4,7 +4,8 @@
 tile of the mask's size, drawn by a generator of the registry (:data:`monai_disc.inferers.GENERATORS`) with the bundles'
 weights: exactly the tile the Python API draws for the same generator, steps, guidance and seed.
 
-Parameters: ``generator`` (``sd``, ``sc``, ``disc``, ``cotrain``), ``num_inference_steps``, ``guidance_scale``,
+Parameters: ``generator`` (a name of the registry; :data:`monai_disc.inferers.DEFAULT_GENERATOR` when left out),
+``num_inference_steps``, ``guidance_scale``,
 ``seed``, and ``mask_values``: what the mask stores for NC, GG3, GG4, GG5: ``"labels"`` (0, 1, 2, 3; the
 default, an 8-bit PNG), ``"sicapv2"`` (0, 3, 4, 5; JPEG noise of 2 grey levels tolerated) or a list of four
 values. The model is listed in /info with type ``generator``, so segmentation clients leave it alone.
@@ -26,7 +27,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, load_generator
+from monai_disc.inferers import DEFAULT_GENERATOR, DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, load_generator
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, SICAPV2_MASK_VALUES
 from monai_disc.monailabel.task_params import (
     SERVER_KEYS,
@@ -47,8 +48,10 @@ MASK_VALUE_SETS: dict[str, tuple[tuple[int, ...], float]] = {
     "labels": (tuple(range(NUM_CLASSES)), 0.0),
     "sicapv2": (tuple(SICAPV2_MASK_VALUES), 2.0),
 }
+#: the registry's generators, the default first (a MONAI Label client shows a list's first entry as its default)
+GENERATOR_CHOICES = [DEFAULT_GENERATOR, *(name for name in GENERATORS if name != DEFAULT_GENERATOR)]
 INFER_DEFAULTS: dict[str, Any] = {
-    "generator": list(GENERATORS),
+    "generator": GENERATOR_CHOICES,
     "num_inference_steps": DEFAULT_NUM_INFERENCE_STEPS,
     "guidance_scale": 1.0,
     "seed": 0,
@@ -74,7 +77,7 @@ def _mask_values(value: Any) -> tuple[tuple[float, ...], float]:
 
 
 PARAM_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "generator": lambda v: one_of("generator", v, GENERATORS),
+    "generator": lambda v: one_of("generator", v, GENERATOR_CHOICES),
     "num_inference_steps": lambda v: as_int("num_inference_steps", v, 1, 1000),
     "guidance_scale": lambda v: as_float("guidance_scale", v, 0.0, 100.0),
     "seed": lambda v: as_int("seed", v, 0, 2**63 - 1),
@@ -97,16 +100,20 @@ class GleasonLDMInfer(BasicInferTask):
         self.cache_size = int(cache_size)
         self._generators: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
-        # the first-stage and SD weights every generator needs; the fine-tuned DISC weights come after them
-        self._required = [self.bundles / "gleason_ldm" / "models" / name for name in ("autoencoder.pt", "model.pt")]
-        weights = self._required + sorted((self.bundles / "gleason_ldm_disc" / "models").glob("*.pt"))
+        # the first-stage and SD weights every generator needs; the fine-tuned weights (GD, DISC) come after them
+        models = self.bundles / "gleason_ldm" / "models"
+        self._required = [models / name for name in ("autoencoder.pt", "model.pt")]
+        weights = self._required + sorted(models.glob("model_*.pt"))
+        weights += sorted((self.bundles / "gleason_ldm_disc" / "models").glob("*.pt"))
         super().__init__(
             path=[str(p) for p in weights],
             network=None,
             type="generator",
             labels={name: i for i, name in enumerate(LABEL_NAMES)},
             dimension=2,
-            description="Paint an H&E tile from a Gleason mask (SD, SD-SC, SD-DISC, SD-DISC-CoTrain)",
+            description="Paint an H&E tile from a Gleason mask ("
+            + ", ".join(e.display for e in GENERATORS.values())
+            + ")",
             config=dict(INFER_DEFAULTS),
         )
 

@@ -114,7 +114,9 @@ def test_inference_draws_one_tile_per_mask_and_skips_finished_ones(trained, tmp_
     assert np.abs(again - before).max() <= 1  # same noise; batch size may move a rounding by one level
 
     # other denoiser weights (--ckpt_path, e.g. models/model_gd.pt) never reuse these tiles
-    other = {k: v + 0.01 if v.is_floating_point() else v for k, v in torch.load(trained / "models" / "model.pt").items()}
+    other = {
+        k: v + 0.01 if v.is_floating_point() else v for k, v in torch.load(trained / "models" / "model.pt").items()
+    }
     torch.save(other, tmp_path / "other.pt")
     with pytest.raises(AssertionError, match=r"holds outputs made with other settings \(model: "):
         bundle_run("gleason_ldm", ["inference.yaml"], *args, "--ckpt_path", str(tmp_path / "other.pt"))

@@ -148,7 +148,10 @@ def test_info_lists_models_labels_and_types(server):
     assert models["carcinonet"]["labels"] == GRADES
     assert models["gleason_ldm"]["type"] == "generator"
     assert models["gleason_ldm"]["labels"] == {"NC": 0, **GRADES}
-    assert set(models["gleason_ldm"]["config"]["generator"]) == {"sd", "sc", "disc", "cotrain"}
+    from monai_disc.inferers import DEFAULT_GENERATOR, GENERATORS
+
+    choices = models["gleason_ldm"]["config"]["generator"]  # a client shows the first entry as the default
+    assert choices[0] == DEFAULT_GENERATOR and sorted(choices) == sorted(GENERATORS)
     trainer = info["trainers"]["carcinonet"]["config"]
     assert {"max_epochs", "train_batch_size", "learning_rate"} <= set(trainer)
     assert "gleason_ldm" not in info["trainers"]
@@ -278,20 +281,21 @@ def _paint(server, mask_png: bytes, **params):
     return r.content
 
 
-@pytest.mark.parametrize("generator", ["sd", "sc"])
+@pytest.mark.parametrize("generator", ["sd", "sc", None])  # None: the request names none
 def test_gleason_ldm_tile_follows_seed_and_equals_python_api(server, uploaded, generator, tmp_path):
-    from monai_disc.inferers import load_generator
+    from monai_disc.inferers import DEFAULT_GENERATOR, load_generator
 
     labels = uploaded[1][2]
     mask = _png(labels)
-    first = _paint(server, mask, generator=generator, num_inference_steps=STEPS, seed=1)
-    again = _paint(server, mask, generator=generator, num_inference_steps=STEPS, seed=1)
-    other = _paint(server, mask, generator=generator, num_inference_steps=STEPS, seed=2)
+    named = {} if generator is None else {"generator": generator}
+    first = _paint(server, mask, **named, num_inference_steps=STEPS, seed=1)
+    again = _paint(server, mask, **named, num_inference_steps=STEPS, seed=1)
+    other = _paint(server, mask, **named, num_inference_steps=STEPS, seed=2)
     assert first == again
     tile = np.asarray(Image.open(io.BytesIO(first)))
     assert tile.shape == (*labels.shape, 3) and tile.dtype == np.uint8
     assert not np.array_equal(tile, np.asarray(Image.open(io.BytesIO(other))))
-    api = load_generator(generator, REPO_BUNDLES, num_inference_steps=STEPS)
+    api = load_generator(generator or DEFAULT_GENERATOR, REPO_BUNDLES, num_inference_steps=STEPS)
     expected = to_uint8(api.sample(torch.as_tensor(labels, dtype=torch.long)[None], seeds=[1])[0])
     save_picture(expected, tmp_path / "api.png")
     assert (tmp_path / "api.png").read_bytes() == first
