@@ -54,7 +54,7 @@ GENERATORS: dict[str, GeneratorEntry] = {
 }
 #: the generator a door uses when none is named (slide and region generation, the demo, the MONAI Label model):
 #: the one that follows its masks best at plain SD's cost (docs/generators.md, "Guidance distilled: SD-GD")
-DEFAULT_GENERATOR = "sd"
+DEFAULT_GENERATOR = "gd"
 
 
 @runtime_checkable
