@@ -43,7 +43,7 @@ def test_generate_slides_balances_every_primary_grade_and_resumes(tmp_path, toy_
 
     out = tmp_path / "synthetic"
     args = ["generate-slides", "--data", str(toy_root), "--out", str(out), "--target", "4", "--tiles", "2", "3"]
-    args += ["--num-inference-steps", "2", "--tile-size", "32"]
+    args += ["--num-inference-steps", "2", "--tile-size", "32", "--generator", "sd"]
     proc = _cli(*args)
     assert proc.returncode == 0, proc.stderr
     manifest = pd.read_csv(out / "sd" / "manifest.csv")
@@ -59,6 +59,6 @@ def test_generate_slides_balances_every_primary_grade_and_resumes(tmp_path, toy_
     stamp = max(p.stat().st_mtime_ns for p in (out / "sd").rglob("*.png"))
     assert _cli(*args).returncode == 0
     assert max(p.stat().st_mtime_ns for p in (out / "sd").rglob("*.png")) == stamp
-    assert _cli(*args[:-4], "--num-inference-steps", "2", "--tile-size", "32", "--generator", "sc").returncode == 0
+    assert _cli(*args[:-6], "--num-inference-steps", "2", "--tile-size", "32", "--generator", "sc").returncode == 0
     sc = pd.read_csv(out / "sc" / "manifest.csv")
     assert list(sc["slide_id"]) == list(manifest["slide_id"]) and list(sc["seed"]) == list(manifest["seed"])

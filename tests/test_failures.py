@@ -122,6 +122,7 @@ def test_a_bad_model_file_is_one_line_naming_it_in_generate_slides(model, toy_ro
     weights = bundles / "gleason_ldm" / "models" / "model.pt"
     code, lines, _ = _run(
         capsys, "generate-slides", "--data", str(toy_root), "--out", str(tmp_path / "o"), "--bundles", str(bundles),
+        "--generator", "sd",
     )  # fmt: skip
     assert code == 2 and len(lines) == 1
     if model == "random bytes":
@@ -141,7 +142,7 @@ def test_sizes_and_targets_below_the_minimum_are_refused_before_anything_is_writ
     out = tmp_path / "o"
     code, lines, _ = _run(capsys, "generate-slides", "--data", str(toy_root), "--out", str(out), "--tile-size", "3")
     assert code == 2 and lines == [
-        "monai-disc generate-slides: error: tile size 3 px: generator SD draws tiles whose side is a multiple of "
+        "monai-disc generate-slides: error: tile size 3 px: generator SD-GD draws tiles whose side is a multiple of "
         "16 px (at least 16 px)"
     ]
     code, lines, _ = _run(capsys, "generate-slides", "--data", str(toy_root), "--out", str(out), "--target", "0")
@@ -165,7 +166,7 @@ def test_changed_settings_stop_naming_them_and_overwrite_starts_over(toy_root, t
         "--num-inference-steps",
         "1",
     ]
-    base += ["--tile-size", "16", "--batch-size", "4"]
+    base += ["--tile-size", "16", "--batch-size", "4", "--generator", "sd"]
     code, _, stdout = _run(capsys, *base, "--target", "3")
     assert code == 0 and "manifest:" in stdout
     first = {p: p.read_bytes() for p in sorted((out / "sd").rglob("*.png"))}

@@ -12,6 +12,7 @@ from PIL import Image
 
 from monai_disc.apps.cli import main
 from monai_disc.data import load_panda
+from monai_disc.inferers import DEFAULT_GENERATOR
 from monai_disc.masks import BACKGROUND
 
 
@@ -56,11 +57,11 @@ def test_generate_slides_as_wsi_shards_slides_across_ranks_in_the_panda_layout(t
     args += ["--num-inference-steps", "2", "--tile-size", "32", "--as-wsi", "--wsi-size", "128", "256", "--mpp", "2"]
     first = _cli(*args, env={"RANK": "0", "WORLD_SIZE": "2"})
     assert first.returncode == 0, first.stderr
-    assert "this rank is done" in first.stdout and not (out / "sd_wsi" / "train.csv").exists()
+    assert "this rank is done" in first.stdout and not (out / f"{DEFAULT_GENERATOR}_wsi" / "train.csv").exists()
     monkeypatch.setenv("RANK", "1")  # the second rank in this process (one interpreter start less)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(args) == 0
-    slides = load_panda(out / "sd_wsi")
+    slides = load_panda(out / f"{DEFAULT_GENERATOR}_wsi")  # the default generator draws
     assert len(slides) >= 2
     for item in slides:
         with openslide.OpenSlide(item["image"]) as slide, openslide.OpenSlide(item["mask"]) as mask:
