@@ -37,10 +37,10 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from monai_disc.data.toy import draw_mask, draw_tissue
-from monai_disc.inferers import RegionSampler, load_generator, load_weights
+from monai_disc.inferers import RegionSampler, load_generator
 from monai_disc.labels import NUM_CLASSES
 from monai_disc.metrics.pixel import PixelGradingMetric
-from monai_disc.networks import carcinonet_toy
+from monai_disc.networks import carcinonet_toy, load_weights
 from monai_disc.visualize import to_uint8
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
