@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -114,7 +113,7 @@ class _TokenCache:
                 out.append(self.entries[k])
         for k, v in new.items():
             if self.max_entries:
-                self.entries[k] = v
+                self.entries[k] = v.clone()  # a view would keep its whole batch of tokens alive
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
         return torch.stack(out)
@@ -267,7 +266,7 @@ class RegionSampler:
         autoencoder: nn.Module,
         denoiser: nn.Module,
         seed: int,
-        tissue: Tensor | None = None,
+        background: int | None = None,
         start_step: int = 0,
         latent: Tensor | None = None,
         callback: StepCallback | None = None,
@@ -275,13 +274,15 @@ class RegionSampler:
         """z_0 of a region.
 
         Args:
-            mask: integer labels (H, W) in 0..K-1 (the conditioning; glass drawn as NC); K <= 255.
+            mask: integer labels (H, W) in 0..K-1 (the conditioning; K <= 255), and ``background`` on glass. Read
+                a band of rows at a time: a uint8 mask on the denoiser's device is used as it is, never copied.
             autoencoder: first stage (for ``downsample_factor``).
             denoiser: a :class:`monai_disc.networks.MaskConditionedUNet`.
             seed: the noise seed; z_T is ``MaskLDMSampler.make_noise([seed], (C, h, w))``, so a one-window region
                 starts from the window sampler's noise.
-            tissue: optional bool (H, W); windows without any tissue are not denoised (their latent is left as is:
-                the caller paints glass there).
+            background: the mask value of glass (:data:`monai_disc.masks.BACKGROUND` in slide masks; K..255):
+                conditioned as NC, and windows holding nothing else are not denoised (their latent is left as is:
+                the caller paints glass there). None: every pixel is tissue.
             start_step: resume at this step index with ``latent`` the state after step ``start_step - 1``.
             latent: the state to resume from: (B, C, h, w) with B = 1 (SD) or K (SC before fusion).
             callback: called as ``callback(steps_done, state)`` after every step (for checkpoints).
@@ -296,12 +297,30 @@ class RegionSampler:
         if mask.ndim != 2:
             raise ValueError(f"mask must be a label map (H, W), got shape {tuple(mask.shape)}.")
         k = int(denoiser.num_classes)
-        if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= k):
-            raise ValueError(f"mask labels must lie in 0..{k - 1}, got values {int(mask.min())}..{int(mask.max())}.")
+        if background is not None and not k <= background <= 255:
+            raise ValueError(f"background must lie in {k}..255 (no label of the {k}), got {background}.")
         device = next(denoiser.parameters()).device
         factor = int(getattr(autoencoder, "downsample_factor", 4))
         h, w = self.check_size(mask.shape, factor)
+        values: set[int] = set()
+        tissue = np.ones((h, w), dtype=bool)  # a latent pixel holds tissue if any pixel of its block does
+        for r in range(0, h, 64):  # a band of rows at a time: no full-size temporary of the mask
+            band = mask[r * factor : (r + 64) * factor]
+            values.update(torch.unique(band).tolist())
+            if background is not None:
+                glass = (band == background).reshape(-1, factor, w, factor).all(3).all(1)
+                tissue[r : r + 64] = ~glass.cpu().numpy()
+        bad = sorted(v for v in values if not (0 <= v < k or v == background))
+        if bad:
+            raise ValueError(f"mask labels must lie in 0..{k - 1} (or be the background), got values {bad[:8]}.")
+        # integral image of tissue, read per window and step on the host (no device sync in the loop)
+        live = np.zeros((h + 1, w + 1), dtype=np.int32)
+        np.cumsum(np.cumsum(tissue, 0, dtype=np.int32), 1, out=live[1:, 1:])
         mask = mask.to(device=device, dtype=torch.uint8)  # one byte a pixel: a 4096 px mask is 16 MB
+
+        def labels(crop: Tensor) -> Tensor:  # glass is conditioned as NC
+            return crop if background is None else crop.masked_fill(crop == background, 0)
+
         n = self.num_inference_steps
         if latent is None:
             if start_step:
@@ -309,16 +328,9 @@ class RegionSampler:
             latent = MaskLDMSampler.make_noise([int(seed)], (denoiser.in_channels, h, w), device)
             if self.separated and (self.fuse_step is None or self.fuse_step > 0):
                 latent = latent.expand(k, -1, -1, -1).clone()
-        latent = latent.to(device)
-        small = mask[::factor, ::factor]  # labels_at_size's nearest rule: the top-left pixel of each block
-        live = None
-        if tissue is not None:
-            t = torch.as_tensor(tissue, device=device).bool()
-            if tuple(t.shape) != tuple(mask.shape):
-                raise ValueError(f"tissue {tuple(t.shape)} does not match the mask {tuple(mask.shape)}.")
-            live = t.view(h, factor, w, factor).any(3).any(1)  # tissue anywhere in a latent pixel's block
-            live = F.pad(live.float().cumsum(0).cumsum(1), (1, 0, 1, 0))  # integral image: tissue per window
-            live = live.cpu().numpy()  # read per window and step on the host: no device sync in the loop
+        x = latent.to(device)
+        del latent  # the loop's state is the one reference this call holds
+        small = labels(mask[::factor, ::factor])  # labels_at_size's nearest rule: the top-left pixel of each block
         small_host = small.cpu().numpy() if self.separated else None  # labels per window, read on the host
 
         scheduler = self.window_sampler.scheduler
@@ -333,7 +345,6 @@ class RegionSampler:
         )
 
         weights: dict[tuple[tuple[int, int], tuple[int, int]], Tensor] = {}
-        x = latent
         for i in tqdm(range(start_step, n), desc="region DDIM", leave=False, disable=not self.progress):
             separated = self.separated and (self.fuse_step is None or i < self.fuse_step)
             if self.separated and not separated and x.shape[0] != 1:  # the fusion step of SC with fuse_step
@@ -345,10 +356,9 @@ class RegionSampler:
             ry = self._ramps(sorted({p[0] for p in grid}))
             rx = self._ramps(sorted({p[1] for p in grid}))
             for y0, x0 in grid:
-                if live is not None:
-                    y1, x1 = y0 + self.window, x0 + self.window
-                    if live[y1, x1] - live[y0, x1] - live[y1, x0] + live[y0, x0] <= 0:
-                        continue
+                y1, x1 = y0 + self.window, x0 + self.window
+                if live[y1, x1] - live[y0, x1] - live[y1, x0] + live[y0, x0] <= 0:
+                    continue
                 if separated:
                     present = np.unique(small_host[y0 : y0 + self.window, x0 : x0 + self.window]).tolist()
                     jobs.extend((int(b), y0, x0) for b in present)
@@ -365,7 +375,8 @@ class RegionSampler:
                     ctx = uniform[torch.tensor([b for b, _, _ in batch], device=device)]  # type: ignore[index]
                 else:
                     crops = [
-                        mask[y0 * factor : (y0 + ws) * factor, x0 * factor : (x0 + ws) * factor] for _, y0, x0 in batch
+                        labels(mask[y0 * factor : (y0 + ws) * factor, x0 * factor : (x0 + ws) * factor])
+                        for _, y0, x0 in batch
                     ]
                     ctx = tokens(crops)
                 nb = len(batch)
@@ -387,8 +398,8 @@ class RegionSampler:
                     eps_sum[b, :, y0 : y0 + ws, x0 : x0 + ws] += eps[j] * weights[key]
                     count[b, :, y0 : y0 + ws, x0 : x0 + ws] += weights[key]
             # normalise by the summed weights (below 1 beside a skipped glass window); 0 where no window ran
-            eps = eps_sum / torch.where(count > 0, count, torch.ones_like(count))
-            x, _ = scheduler.step(eps, steps[i], x)
+            eps_sum /= count.masked_fill_(count == 0, 1.0)
+            x, _ = scheduler.step(eps_sum, steps[i], x)
             if callback is not None:
                 callback(i + 1, x)
         if x.shape[0] != 1:
@@ -469,10 +480,10 @@ class RegionSampler:
 
     @torch.no_grad()
     def sample(
-        self, mask: Tensor, autoencoder: nn.Module, denoiser: nn.Module, seed: int, tissue: Tensor | None = None
+        self, mask: Tensor, autoencoder: nn.Module, denoiser: nn.Module, seed: int, background: int | None = None
     ) -> np.ndarray:
         """A region (H, W, 3) uint8 RGB for a label map (H, W): :meth:`sample_latent` then :meth:`decode`."""
-        return self.decode(self.sample_latent(mask, autoencoder, denoiser, seed, tissue), autoencoder)
+        return self.decode(self.sample_latent(mask, autoencoder, denoiser, seed, background), autoencoder)
 
     def settings(self) -> dict[str, Any]:
         """What the region depends on besides the networks, mask and seed (for resumable jobs)."""

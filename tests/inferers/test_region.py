@@ -88,13 +88,13 @@ def test_shift_mode_moves_the_window_grid_every_step(sd):
 
 def test_windows_of_glass_are_not_denoised(sd):
     mask = _mask(64, 192, seed=2)
-    tissue = torch.zeros(64, 192, dtype=torch.bool)
-    tissue[:, :60] = True
+    glass = mask.clone()
+    glass[:, 60:] = BACKGROUND
     calls = []
     hook = sd.denoiser.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
     try:
         region = RegionSampler(sd.sampler, window_batch_size=64)
-        region.sample_latent(mask, sd.autoencoder, sd.denoiser, seed=0, tissue=tissue)
+        region.sample_latent(glass, sd.autoencoder, sd.denoiser, seed=0, background=BACKGROUND)
         with_glass = sum(calls)
         calls.clear()
         region.sample_latent(mask, sd.autoencoder, sd.denoiser, seed=0)
@@ -242,11 +242,10 @@ def test_ramp_weights_beside_glass_are_normalised_not_shrunk():
     """A window whose neighbours are skipped (glass) keeps its whole prediction on its ramped border columns."""
     gen = load_generator("sd", BUNDLES, num_inference_steps=2)
     mask = _mask(64, 128, seed=4)
-    tissue = torch.zeros(64, 128, dtype=torch.bool)
-    tissue[:, :40] = True  # latent columns 0..9: of the windows at x = 0, 12, 16 only the first holds tissue
+    mask[:, 40:] = BACKGROUND  # tissue in latent columns 0..9: of the windows at x = 0, 12, 16 only the first
     ramp, plain = (
         RegionSampler(gen.sampler, overlap=4, blend=blend).sample_latent(
-            mask, gen.autoencoder, gen.denoiser, seed=2, tissue=tissue
+            mask, gen.autoencoder, gen.denoiser, seed=2, background=BACKGROUND
         )
         for blend in ("ramp", "uniform")
     )
