@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.networks.schedulers import DDIMScheduler
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -322,14 +323,14 @@ class RegionSampler:
             return crop if background is None else crop.masked_fill(crop == background, 0)
 
         n = self.num_inference_steps
-        if latent is None:
-            if start_step:
-                raise ValueError("start_step > 0 needs the latent state to resume from.")
-            latent = MaskLDMSampler.make_noise([int(seed)], (denoiser.in_channels, h, w), device)
+        if latent is not None:
+            x = latent.to(device, copy=True)  # stepped in place below: the caller's state is left as it is
+        elif start_step:
+            raise ValueError("start_step > 0 needs the latent state to resume from.")
+        else:
+            x = MaskLDMSampler.make_noise([int(seed)], (denoiser.in_channels, h, w), device)
             if self.separated and (self.fuse_step is None or self.fuse_step > 0):
-                latent = latent.expand(k, -1, -1, -1).clone()
-        x = latent.to(device)
-        del latent  # the loop's state is the one reference this call holds
+                x = x.expand(k, -1, -1, -1).clone()
         small = labels(mask[::factor, ::factor])  # labels_at_size's nearest rule: the top-left pixel of each block
         small_host = small.cpu().numpy() if self.separated else None  # labels per window, read on the host
 
@@ -399,7 +400,11 @@ class RegionSampler:
                     count[b, :, y0 : y0 + ws, x0 : x0 + ws] += weights[key]
             # normalise by the summed weights (below 1 beside a skipped glass window); 0 where no window ran
             eps_sum /= count.masked_fill_(count == 0, 1.0)
-            x, _ = scheduler.step(eps_sum, steps[i], x)
+            if isinstance(scheduler, DDIMScheduler):  # per pixel and stateless: in place, a band of rows at a time
+                for r in range(0, h, 64):
+                    x[:, :, r : r + 64] = scheduler.step(eps_sum[:, :, r : r + 64], steps[i], x[:, :, r : r + 64])[0]
+            else:  # a scheduler with a history (PLMS) steps the whole latent in one call
+                x, _ = scheduler.step(eps_sum, steps[i], x)
             if callback is not None:
                 callback(i + 1, x)
         if x.shape[0] != 1:
