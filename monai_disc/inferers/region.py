@@ -14,7 +14,8 @@ no seam is left where they meet (MultiDiffusion, Bar-Tal et al. 2023; DiffInfini
 
 Every window of a step runs through the denoiser in fixed batches of ``window_batch_size``, and its prediction
 is added to the full-size sum at once, so activations do not grow with the region (only the latent, its noise
-sum and the mask do: a 4096 px region is a 3 x 1024 x 1024 latent). Predictions are summed in window order, so
+sum and weights, and the mask do: a 4096 px region is a 3 x 1024 x 1024 latent; the mask is read in place and
+DDIM steps the latent in place, a band of rows at a time). Predictions are summed in window order, so
 the region is the same for the same seed whatever the batch size. A region of exactly one window is the window
 sampler's tile (:class:`MaskLDMSampler`, :class:`SeparatedConditionInferer`) for the same seed.
 
@@ -313,7 +314,8 @@ class RegionSampler:
                 tissue[r : r + 64] = ~glass.cpu().numpy()
         bad = sorted(v for v in values if not (0 <= v < k or v == background))
         if bad:
-            raise ValueError(f"mask labels must lie in 0..{k - 1} (or be the background), got values {bad[:8]}.")
+            glass = "" if background is None else f" or the background {background}"
+            raise ValueError(f"mask values must be labels 0..{k - 1}{glass}, got {bad[:8]}.")
         # integral image of tissue, read per window and step on the host (no device sync in the loop)
         live = np.zeros((h + 1, w + 1), dtype=np.int32)
         np.cumsum(np.cumsum(tissue, 0, dtype=np.int32), 1, out=live[1:, 1:])

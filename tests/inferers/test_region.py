@@ -105,6 +105,20 @@ def test_windows_of_glass_are_not_denoised(sd):
     assert everywhere == 4 * 4 and with_glass == 4 * 2
 
 
+def test_background_pixels_are_conditioned_as_nc_and_other_values_are_refused(sd):
+    mask = _mask(64, 128, seed=5)
+    specks = mask.clone()
+    specks[::7, ::5] = BACKGROUND  # glass specks: every window keeps tissue, so every window runs
+    region = RegionSampler(sd.sampler)
+    with_glass = region.sample_latent(specks, sd.autoencoder, sd.denoiser, seed=1, background=BACKGROUND)
+    as_nc = region.sample_latent(specks.masked_fill(specks == BACKGROUND, 0), sd.autoencoder, sd.denoiser, seed=1)
+    torch.testing.assert_close(with_glass, as_nc, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"labels 0\.\.3, got \[255\]"):
+        region.sample_latent(specks, sd.autoencoder, sd.denoiser, seed=1)
+    with pytest.raises(ValueError, match=r"background must lie in 4\.\.255"):
+        region.sample_latent(mask, sd.autoencoder, sd.denoiser, seed=1, background=2)
+
+
 def test_decoding_in_bands_is_blended_and_resumes_at_any_band(sd):
     region = RegionSampler(sd.sampler, decode_window=16, decode_overlap=8)
     latent = region.sample_latent(_mask(128, 128), sd.autoencoder, sd.denoiser, seed=1)
