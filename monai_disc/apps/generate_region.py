@@ -213,7 +213,7 @@ def generate_region(
         autoencoder,
         denoiser,
         seed,
-        BACKGROUND,
+        background=BACKGROUND,
         start_step=start,
         latent=state,
         callback=checkpoint,

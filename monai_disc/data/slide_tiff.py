@@ -83,7 +83,7 @@ def _reduce(band: np.ndarray, factor: int, nearest: bool, width: int) -> np.ndar
     block = band[: h * factor, : width * factor]
     if nearest:
         return block[factor // 2 :: factor, factor // 2 :: factor]
-    # sums of at most 16 bytes are exact in uint16, and dividing by 4 or 16 is exact: the float32 block mean
+    # sums of at most 16 bytes are exact in uint16 and dividing by 4 or 16 is exact: a float block mean, rounded
     sums = block.reshape(h, factor, width, factor, *band.shape[2:]).sum(axis=(1, 3), dtype=np.uint16)
     return np.rint(sums / factor**2).astype(np.uint8)
 
