@@ -462,24 +462,23 @@ class RegionSampler:
             before = (ys[i - 1] + dy - y0) * factor if i else 0
             after = (y0 + dy - ys[i + 1]) * factor if i + 1 < len(ys) else 0
             wy = _ramp(dy * factor, before, after)
-            crops = torch.stack([latent[:, y0 : y0 + dy, x0 : x0 + dx] for x0 in xs])
-            tiles = torch.cat(
-                [
-                    autoencoder.decode_stage_2_outputs(z / scale).float().clamp_(-1.0, 1.0)
-                    for z in crops.split(self.decode_batch_size)
-                ]
-            )
-            rgb = ((tiles.permute(0, 2, 3, 1).cpu().numpy() + 1.0) * 127.5).astype(np.float32)
-            for j, x0 in enumerate(xs):
-                wgt = wy[:, None, None] * x_weights[j][None, :, None]
-                acc[:, x0 * factor : (x0 + dx) * factor] += rgb[j] * wgt
-                wsum[:, x0 * factor : (x0 + dx) * factor] += wgt
+            for b0 in range(0, len(xs), self.decode_batch_size):  # each batch goes into the band as it decodes
+                batch = xs[b0 : b0 + self.decode_batch_size]
+                z = torch.stack([latent[:, y0 : y0 + dy, x0 : x0 + dx] for x0 in batch]) / scale
+                tiles = autoencoder.decode_stage_2_outputs(z).float().clamp_(-1.0, 1.0).add_(1.0).mul_(127.5)
+                rgb = tiles.permute(0, 2, 3, 1).cpu().numpy()
+                for j, x0 in enumerate(batch, start=b0):
+                    wgt = wy[:, None, None] * x_weights[j][None, :, None]
+                    acc[:, x0 * factor : (x0 + dx) * factor] += rgb[j - b0] * wgt
+                    wsum[:, x0 * factor : (x0 + dx) * factor] += wgt
             done = (ys[i + 1] - y0) * factor if i + 1 < len(ys) else band_h
             if i >= start_band:
-                out = np.clip(np.rint(acc[:done] / wsum[:done]), 0, 255).astype(np.uint8)
-                yield i, y0 * factor, y0 * factor + done, out
-            acc = np.concatenate([acc[done:], np.zeros((done, width, 3), dtype=np.float32)])
-            wsum = np.concatenate([wsum[done:], np.zeros((done, width, 1), dtype=np.float32)])
+                rows = acc[:done]  # finished: normalised in place, then dropped
+                np.clip(np.rint(np.divide(rows, wsum[:done], out=rows), out=rows), 0, 255, out=rows)
+                yield i, y0 * factor, y0 * factor + done, rows.astype(np.uint8)
+            keep = band_h - done  # the rows the next band overlaps move up; the buffers are reused
+            acc[:keep], wsum[:keep] = acc[done:], wsum[done:]
+            acc[keep:], wsum[keep:] = 0.0, 0.0
 
     def decode(self, latent: Tensor, autoencoder: nn.Module) -> np.ndarray:
         """The whole region as uint8 RGB (H, W, 3) (:meth:`decode_bands` gathered; small regions only)."""
