@@ -11,10 +11,12 @@ tissue), with the shipped toy networks (64 px windows):
   overlap 0.5, gaussian) against the mask: mIoU, against tile-by-tile SD (goal: within 0.03);
 - cost: seconds per megapixel of sampling and decoding, as a ratio to tile-by-tile SD (goal: <= 1.5);
 - peak memory (``--memory``): peak resident memory of ``generate_region`` for 1024, 2048 and 4096 px regions,
-  each in its own process, above that process's memory after loading the networks (goal: flat).
+  each in its own process, above that process's memory after loading the networks (goal: flat apart from the
+  region's latent and its noise sum). The figure swings by tens of MB between runs of one size (what the
+  allocator keeps of freed memory), so ``--repeats`` runs each size several times and reports the median.
 
     PYTHONPATH=$PWD python bench/bench_region.py --size 512 --masks 2 --num-inference-steps 20
-    PYTHONPATH=$PWD python bench/bench_region.py --memory --sizes 1024 2048 4096 --num-inference-steps 1
+    PYTHONPATH=$PWD python bench/bench_region.py --memory --sizes 1024 2048 4096 --num-inference-steps 1 --repeats 3
     PYTHONPATH=$PWD python bench/bench_region.py --picture docs/images --size 2048 --mode shift
 
 Measured on a shared 2-core CPU: docs/generators.md ("Regions of any size") has the table.
@@ -37,10 +39,10 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from monai_disc.data.toy import draw_mask, draw_tissue
-from monai_disc.inferers import GENERATORS, RegionSampler, load_generator, load_weights
+from monai_disc.inferers import GENERATORS, RegionSampler, load_generator
 from monai_disc.labels import NUM_CLASSES
 from monai_disc.metrics.pixel import PixelGradingMetric
-from monai_disc.networks import carcinonet_toy
+from monai_disc.networks import carcinonet_toy, load_weights
 from monai_disc.visualize import to_uint8
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
@@ -209,9 +211,9 @@ def _memory_child(mask_path: str, steps: int, mode: str) -> None:
     print(json.dumps({"size": size, "base_mb": base, "peak_mb": _status_mb("VmHWM"), "seconds": seconds}))
 
 
-def memory(sizes: list[int], steps: int, mode: str) -> list[dict]:
+def memory(sizes: list[int], steps: int, mode: str, repeats: int = 1) -> list[dict]:
     out = []
-    for size in sizes:
+    for size in [s for s in sizes for _ in range(repeats)]:
         with tempfile.TemporaryDirectory() as tmp:
             np.save(Path(tmp) / "mask.npy", slide_mask(size, 0))
             cmd = [sys.executable, __file__, "--memory-child", str(Path(tmp) / "mask.npy"), "--mode", mode]
@@ -291,6 +293,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory", action="store_true", help="measure peak memory per region size instead")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--repeats", type=int, default=1, help="memory runs per size (the median is reported)")
     parser.add_argument("--mode", default="average", choices=["average", "shift"])
     parser.add_argument("--generator", default="sd", choices=list(GENERATORS))
     parser.add_argument("--guidance-scale", type=float, default=1.0)
@@ -309,10 +312,13 @@ def main() -> None:
     if args.memory_child:
         _memory_child(args.memory_child, args.num_inference_steps, args.mode)
     elif args.memory:
-        for r in memory(args.sizes, args.num_inference_steps, args.mode):
+        runs = memory(args.sizes, args.num_inference_steps, args.mode, args.repeats)
+        for size in args.sizes:
+            above = [r["peak_mb"] - r["base_mb"] for r in runs if r["size"] == size]
+            seconds = np.median([r["seconds"] for r in runs if r["size"] == size])
             print(
-                f"{r['size']} px: peak {r['peak_mb']:.0f} MB, {r['peak_mb'] - r['base_mb']:.0f} MB above the loaded "
-                f"networks, {r['seconds']:.0f} s"
+                f"{size} px: {np.median(above):.0f} MB above the loaded networks (median of {len(above)} runs: "
+                f"{', '.join(f'{a:.0f}' for a in above)}), {seconds:.0f} s"
             )
     elif args.picture:
         picture(

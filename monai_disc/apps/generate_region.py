@@ -10,7 +10,7 @@ Resumable: while it works, ``.OUT.tiff.partial/`` beside the output holds
   other settings is discarded, never reused;
 - ``latent.pt``: the DDIM state after the last checkpointed step (atomically replaced, at most every
   ``checkpoint_seconds``), then the final latent;
-- ``image.u8`` and ``bands.json``: the decoded picture as a memory map and how many bands of rows are in it.
+- ``image.u8`` and ``bands.json``: the decoded picture (raw RGB rows) and how many bands of rows are in it.
 
 A killed run restarts from the last saved step, or from the first band not yet decoded, and writes the same
 bytes as an uninterrupted run. The TIFFs are written through temp files and renamed, the mask first: a slide
@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from monai_disc.data.panda import PANDA_COLUMNS
-from monai_disc.data.slide_tiff import write_pyramid_tiff
+from monai_disc.data.slide_tiff import raw_bands, write_pyramid_tiff
 from monai_disc.data.synthetic import manifest_text
 from monai_disc.distributed import resolve_rank
 from monai_disc.inferers.region import RegionSampler
@@ -60,6 +60,8 @@ PANDA_MASKS_DIR = "train_label_masks"
 
 logger = logging.getLogger(__name__)
 
+_BAND_ROWS = 256  # rows of the slide handled at a time where a whole-slide array is not needed
+
 
 def mask_path_for(out: str | os.PathLike) -> Path:
     """The label mask TIFF written beside a slide: ``X.tiff`` -> ``X_mask.tiff`` (PANDA's naming)."""
@@ -77,10 +79,13 @@ def check_slide_mask(mask: np.ndarray, region: RegionSampler, factor: int, sourc
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"{source}: a slide mask is a label map (H, W), got shape {mask.shape}")
-    bad = sorted(int(v) for v in np.setdiff1d(np.unique(mask), [0, 1, 2, 3, BACKGROUND]))
+    values: set[int] = set()
+    for y in range(0, mask.shape[0], _BAND_ROWS):  # np.unique sorts a copy: a band at a time
+        values.update(np.unique(mask[y : y + _BAND_ROWS]).tolist())
+    bad = sorted(values - {0, 1, 2, 3, BACKGROUND})
     if bad:
         raise ValueError(f"{source}: values {bad[:8]} map to no label (0..3 on tissue, {BACKGROUND} glass)")
-    if not (mask != BACKGROUND).any():
+    if values <= {BACKGROUND}:
         raise ValueError(f"{source}: the mask holds no tissue (every pixel is glass, {BACKGROUND})")
     try:
         region.check_size(mask.shape, factor)
@@ -100,7 +105,7 @@ def _weights_digest(*modules: nn.Module) -> str:
 def _settings(mask: np.ndarray, seed: int, mpp: float, generator: Any, region: RegionSampler) -> dict[str, Any]:
     return {
         "format": 1,
-        "mask_sha256": hashlib.sha256(np.ascontiguousarray(mask).tobytes()).hexdigest(),
+        "mask_sha256": hashlib.sha256(np.ascontiguousarray(mask)).hexdigest(),
         "shape": list(mask.shape),
         "seed": int(seed),
         "generator": str(getattr(generator, "name", type(generator).__name__)),
@@ -123,6 +128,14 @@ def _open_partial(partial: Path, settings: dict[str, Any]) -> None:
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     atomic_write_text(path, json.dumps(settings))
+
+
+def _radboud_bands(mask: np.ndarray) -> Iterator[np.ndarray]:
+    """The mask TIFF's level 0 a band of rows at a time: radboud values in the first of three channels."""
+    for y in range(0, mask.shape[0], _BAND_ROWS):
+        rgb = np.zeros((*mask[y : y + _BAND_ROWS].shape, 3), dtype=np.uint8)
+        rgb[..., 0] = labels_to_radboud(mask[y : y + _BAND_ROWS])
+        yield rgb
 
 
 def _bands_done(path: Path) -> int:
@@ -171,17 +184,15 @@ def generate_region(
         ValueError: for a mask the networks cannot take (naming ``source``).
     """
     out = Path(out)
-    mask = np.asarray(mask, dtype=np.uint8) if np.asarray(mask).dtype != np.uint8 else np.asarray(mask)
     region = region if region is not None else RegionSampler(generator.sampler, progress=progress)
     autoencoder, denoiser = generator.autoencoder.eval(), generator.denoiser.eval()
     factor = int(getattr(autoencoder, "downsample_factor", 4))
     check_slide_mask(mask, region, factor, source or "mask")
+    mask = np.asarray(mask).astype(np.uint8, copy=False)  # the one slide-size array held (16 MB at 4096 px)
     settings = _settings(mask, seed, mpp, generator, region)
     partial = out.with_name(f".{out.name}.partial")
     _open_partial(partial, settings)
 
-    tissue = mask != BACKGROUND
-    labels = np.where(tissue, mask, 0).astype(np.uint8)
     state_path = partial / "latent.pt"
     start, state = 0, None
     if state_path.is_file():
@@ -191,14 +202,21 @@ def generate_region(
 
     def checkpoint(step: int, latent: torch.Tensor) -> None:
         now = time.monotonic()
-        if step < region.num_inference_steps and now - last_save[0] < checkpoint_seconds:
-            return
+        if step == region.num_inference_steps or now - last_save[0] < checkpoint_seconds:
+            return  # the final latent is saved once, below
         atomic_torch_save({"step": step, "latent": latent.detach().cpu()}, state_path)
         last_save[0] = now
 
     t0 = time.perf_counter()
     latent = region.sample_latent(
-        torch.from_numpy(labels), autoencoder, denoiser, seed, torch.from_numpy(tissue), start, state, checkpoint
+        torch.from_numpy(mask),
+        autoencoder,
+        denoiser,
+        seed,
+        background=BACKGROUND,
+        start_step=start,
+        latent=state,
+        callback=checkpoint,
     )
     if start < region.num_inference_steps or (state is not None and state.shape[0] != 1):
         atomic_torch_save({"step": region.num_inference_steps, "latent": latent[None].cpu()}, state_path)
@@ -206,22 +224,19 @@ def generate_region(
 
     h, w = mask.shape
     image_path, bands_path = partial / "image.u8", partial / "bands.json"
-    image = np.memmap(image_path, dtype=np.uint8, mode="r+" if image_path.is_file() else "w+", shape=(h, w, 3))
-    done = _bands_done(bands_path)
-    for band, y0, y1, rows in region.decode_bands(latent, autoencoder, start_band=done):
-        image[y0:y1] = np.where(tissue[y0:y1, :, None], rows, np.uint8(255))
-        image.flush()
-        atomic_write_text(bands_path, json.dumps({"bands": band + 1}))
+    done = _bands_done(bands_path) if image_path.is_file() else 0
+    # written and read back with file calls, not mapped: the picture's pages never count in this process
+    with open(image_path, "r+b" if done else "wb") as image:
+        for band, y0, y1, rows in region.decode_bands(latent, autoencoder, start_band=done):
+            image.seek(y0 * w * 3)
+            image.write(np.where(mask[y0:y1, :, None] != BACKGROUND, rows, np.uint8(255)).data)
+            image.flush()
+            atomic_write_text(bands_path, json.dumps({"bands": band + 1}))
     t2 = time.perf_counter()
 
-    radboud = labels_to_radboud(mask)
-    mask_rgb = np.zeros((h, w, 3), dtype=np.uint8)
-    mask_rgb[..., 0] = radboud
-    write_pyramid_tiff(
-        mask_path_for(out) if mask_out is None else mask_out, mask_rgb, mpp, factor=level_factor, nearest=True
-    )
-    write_pyramid_tiff(out, image, mpp, factor=level_factor)
-    del image
+    mask_out = mask_path_for(out) if mask_out is None else mask_out
+    write_pyramid_tiff(mask_out, _radboud_bands(mask), mpp, factor=level_factor, nearest=True, shape=(h, w, 3))
+    write_pyramid_tiff(out, raw_bands(image_path, (h, w, 3)), mpp, factor=level_factor, shape=(h, w, 3))
     shutil.rmtree(partial, ignore_errors=True)
     logger.info(
         "%s: %dx%d px, sampling %.1f s, decoding %.1f s, writing %.1f s",

@@ -15,7 +15,7 @@ from .sicapv2 import (
     summarize_sicapv2,
 )
 from .slide_bags import list_slide_bags
-from .slide_tiff import pyramid_shapes, write_pyramid_tiff
+from .slide_tiff import pyramid_shapes, raw_bands, write_pyramid_tiff
 from .toy import make_toy_sicapv2, save_contact_sheet
 from .wsi import SlideTileLoader, detect_tissue, load_wsi_bags, open_slide, read_tile, tile_slide
 
@@ -34,6 +34,7 @@ __all__ = [
     "make_toy_sicapv2",
     "panda_mask_to_labels",
     "pyramid_shapes",
+    "raw_bands",
     "read_tile",
     "save_contact_sheet",
     "summarize_sicapv2",

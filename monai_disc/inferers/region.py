@@ -14,7 +14,8 @@ no seam is left where they meet (MultiDiffusion, Bar-Tal et al. 2023; DiffInfini
 
 Every window of a step runs through the denoiser in fixed batches of ``window_batch_size``, and its prediction
 is added to the full-size sum at once, so activations do not grow with the region (only the latent, its noise
-sum and the mask do: a 4096 px region is a 3 x 1024 x 1024 latent). Predictions are summed in window order, so
+sum and weights, and the mask do: a 4096 px region is a 3 x 1024 x 1024 latent; the mask is read in place and
+DDIM steps the latent in place, a band of rows at a time). Predictions are summed in window order, so
 the region is the same for the same seed whatever the batch size. A region of exactly one window is the window
 sampler's tile (:class:`MaskLDMSampler`, :class:`SeparatedConditionInferer`) for the same seed.
 
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from monai.networks.schedulers import DDIMScheduler
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -114,7 +115,7 @@ class _TokenCache:
                 out.append(self.entries[k])
         for k, v in new.items():
             if self.max_entries:
-                self.entries[k] = v
+                self.entries[k] = v.clone()  # a view would keep its whole batch of tokens alive
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
         return torch.stack(out)
@@ -267,7 +268,7 @@ class RegionSampler:
         autoencoder: nn.Module,
         denoiser: nn.Module,
         seed: int,
-        tissue: Tensor | None = None,
+        background: int | None = None,
         start_step: int = 0,
         latent: Tensor | None = None,
         callback: StepCallback | None = None,
@@ -275,13 +276,15 @@ class RegionSampler:
         """z_0 of a region.
 
         Args:
-            mask: integer labels (H, W) in 0..K-1 (the conditioning; glass drawn as NC); K <= 255.
+            mask: integer labels (H, W) in 0..K-1 (the conditioning; K <= 255), and ``background`` on glass. Read
+                a band of rows at a time: a uint8 mask on the denoiser's device is used as it is, never copied.
             autoencoder: first stage (for ``downsample_factor``).
             denoiser: a :class:`monai_disc.networks.MaskConditionedUNet`.
             seed: the noise seed; z_T is ``MaskLDMSampler.make_noise([seed], (C, h, w))``, so a one-window region
                 starts from the window sampler's noise.
-            tissue: optional bool (H, W); windows without any tissue are not denoised (their latent is left as is:
-                the caller paints glass there).
+            background: the mask value of glass (:data:`monai_disc.masks.BACKGROUND` in slide masks; K..255):
+                conditioned as NC, and windows holding nothing else are not denoised (their latent is left as is:
+                the caller paints glass there). None: every pixel is tissue.
             start_step: resume at this step index with ``latent`` the state after step ``start_step - 1``.
             latent: the state to resume from: (B, C, h, w) with B = 1 (SD) or K (SC before fusion).
             callback: called as ``callback(steps_done, state)`` after every step (for checkpoints).
@@ -296,29 +299,41 @@ class RegionSampler:
         if mask.ndim != 2:
             raise ValueError(f"mask must be a label map (H, W), got shape {tuple(mask.shape)}.")
         k = int(denoiser.num_classes)
-        if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= k):
-            raise ValueError(f"mask labels must lie in 0..{k - 1}, got values {int(mask.min())}..{int(mask.max())}.")
+        if background is not None and not k <= background <= 255:
+            raise ValueError(f"background must lie in {k}..255 (no label of the {k}), got {background}.")
         device = next(denoiser.parameters()).device
         factor = int(getattr(autoencoder, "downsample_factor", 4))
         h, w = self.check_size(mask.shape, factor)
+        values: set[int] = set()
+        tissue = np.ones((h, w), dtype=bool)  # a latent pixel holds tissue if any pixel of its block does
+        for r in range(0, h, 64):  # a band of rows at a time: no full-size temporary of the mask
+            band = mask[r * factor : (r + 64) * factor]
+            values.update(torch.unique(band).tolist())
+            if background is not None:
+                glass = (band == background).reshape(-1, factor, w, factor).all(3).all(1)
+                tissue[r : r + 64] = ~glass.cpu().numpy()
+        bad = sorted(v for v in values if not (0 <= v < k or v == background))
+        if bad:
+            glass = "" if background is None else f" or the background {background}"
+            raise ValueError(f"mask values must be labels 0..{k - 1}{glass}, got {bad[:8]}.")
+        # integral image of tissue, read per window and step on the host (no device sync in the loop)
+        live = np.zeros((h + 1, w + 1), dtype=np.int32)
+        np.cumsum(np.cumsum(tissue, 0, dtype=np.int32), 1, out=live[1:, 1:])
         mask = mask.to(device=device, dtype=torch.uint8)  # one byte a pixel: a 4096 px mask is 16 MB
+
+        def labels(crop: Tensor) -> Tensor:  # glass is conditioned as NC
+            return crop if background is None else crop.masked_fill(crop == background, 0)
+
         n = self.num_inference_steps
-        if latent is None:
-            if start_step:
-                raise ValueError("start_step > 0 needs the latent state to resume from.")
-            latent = MaskLDMSampler.make_noise([int(seed)], (denoiser.in_channels, h, w), device)
+        if latent is not None:
+            x = latent.to(device, copy=True)  # stepped in place below: the caller's state is left as it is
+        elif start_step:
+            raise ValueError("start_step > 0 needs the latent state to resume from.")
+        else:
+            x = MaskLDMSampler.make_noise([int(seed)], (denoiser.in_channels, h, w), device)
             if self.separated and (self.fuse_step is None or self.fuse_step > 0):
-                latent = latent.expand(k, -1, -1, -1).clone()
-        latent = latent.to(device)
-        small = mask[::factor, ::factor]  # labels_at_size's nearest rule: the top-left pixel of each block
-        live = None
-        if tissue is not None:
-            t = torch.as_tensor(tissue, device=device).bool()
-            if tuple(t.shape) != tuple(mask.shape):
-                raise ValueError(f"tissue {tuple(t.shape)} does not match the mask {tuple(mask.shape)}.")
-            live = t.view(h, factor, w, factor).any(3).any(1)  # tissue anywhere in a latent pixel's block
-            live = F.pad(live.float().cumsum(0).cumsum(1), (1, 0, 1, 0))  # integral image: tissue per window
-            live = live.cpu().numpy()  # read per window and step on the host: no device sync in the loop
+                x = x.expand(k, -1, -1, -1).clone()
+        small = labels(mask[::factor, ::factor])  # labels_at_size's nearest rule: the top-left pixel of each block
         small_host = small.cpu().numpy() if self.separated else None  # labels per window, read on the host
 
         scheduler = self.window_sampler.scheduler
@@ -333,7 +348,6 @@ class RegionSampler:
         )
 
         weights: dict[tuple[tuple[int, int], tuple[int, int]], Tensor] = {}
-        x = latent
         for i in tqdm(range(start_step, n), desc="region DDIM", leave=False, disable=not self.progress):
             separated = self.separated and (self.fuse_step is None or i < self.fuse_step)
             if self.separated and not separated and x.shape[0] != 1:  # the fusion step of SC with fuse_step
@@ -345,10 +359,9 @@ class RegionSampler:
             ry = self._ramps(sorted({p[0] for p in grid}))
             rx = self._ramps(sorted({p[1] for p in grid}))
             for y0, x0 in grid:
-                if live is not None:
-                    y1, x1 = y0 + self.window, x0 + self.window
-                    if live[y1, x1] - live[y0, x1] - live[y1, x0] + live[y0, x0] <= 0:
-                        continue
+                y1, x1 = y0 + self.window, x0 + self.window
+                if live[y1, x1] - live[y0, x1] - live[y1, x0] + live[y0, x0] <= 0:
+                    continue
                 if separated:
                     present = np.unique(small_host[y0 : y0 + self.window, x0 : x0 + self.window]).tolist()
                     jobs.extend((int(b), y0, x0) for b in present)
@@ -365,7 +378,8 @@ class RegionSampler:
                     ctx = uniform[torch.tensor([b for b, _, _ in batch], device=device)]  # type: ignore[index]
                 else:
                     crops = [
-                        mask[y0 * factor : (y0 + ws) * factor, x0 * factor : (x0 + ws) * factor] for _, y0, x0 in batch
+                        labels(mask[y0 * factor : (y0 + ws) * factor, x0 * factor : (x0 + ws) * factor])
+                        for _, y0, x0 in batch
                     ]
                     ctx = tokens(crops)
                 nb = len(batch)
@@ -387,8 +401,12 @@ class RegionSampler:
                     eps_sum[b, :, y0 : y0 + ws, x0 : x0 + ws] += eps[j] * weights[key]
                     count[b, :, y0 : y0 + ws, x0 : x0 + ws] += weights[key]
             # normalise by the summed weights (below 1 beside a skipped glass window); 0 where no window ran
-            eps = eps_sum / torch.where(count > 0, count, torch.ones_like(count))
-            x, _ = scheduler.step(eps, steps[i], x)
+            eps_sum /= count.masked_fill_(count == 0, 1.0)
+            if isinstance(scheduler, DDIMScheduler):  # per pixel and stateless: in place, a band of rows at a time
+                for r in range(0, h, 64):
+                    x[:, :, r : r + 64] = scheduler.step(eps_sum[:, :, r : r + 64], steps[i], x[:, :, r : r + 64])[0]
+            else:  # a scheduler with a history (PLMS) steps the whole latent in one call
+                x, _ = scheduler.step(eps_sum, steps[i], x)
             if callback is not None:
                 callback(i + 1, x)
         if x.shape[0] != 1:
@@ -444,24 +462,23 @@ class RegionSampler:
             before = (ys[i - 1] + dy - y0) * factor if i else 0
             after = (y0 + dy - ys[i + 1]) * factor if i + 1 < len(ys) else 0
             wy = _ramp(dy * factor, before, after)
-            crops = torch.stack([latent[:, y0 : y0 + dy, x0 : x0 + dx] for x0 in xs])
-            tiles = torch.cat(
-                [
-                    autoencoder.decode_stage_2_outputs(z / scale).float().clamp_(-1.0, 1.0)
-                    for z in crops.split(self.decode_batch_size)
-                ]
-            )
-            rgb = ((tiles.permute(0, 2, 3, 1).cpu().numpy() + 1.0) * 127.5).astype(np.float32)
-            for j, x0 in enumerate(xs):
-                wgt = wy[:, None, None] * x_weights[j][None, :, None]
-                acc[:, x0 * factor : (x0 + dx) * factor] += rgb[j] * wgt
-                wsum[:, x0 * factor : (x0 + dx) * factor] += wgt
+            for b0 in range(0, len(xs), self.decode_batch_size):  # each batch goes into the band as it decodes
+                batch = xs[b0 : b0 + self.decode_batch_size]
+                z = torch.stack([latent[:, y0 : y0 + dy, x0 : x0 + dx] for x0 in batch]) / scale
+                tiles = autoencoder.decode_stage_2_outputs(z).float().clamp_(-1.0, 1.0).add_(1.0).mul_(127.5)
+                rgb = tiles.permute(0, 2, 3, 1).cpu().numpy()
+                for j, x0 in enumerate(batch, start=b0):
+                    wgt = wy[:, None, None] * x_weights[j][None, :, None]
+                    acc[:, x0 * factor : (x0 + dx) * factor] += rgb[j - b0] * wgt
+                    wsum[:, x0 * factor : (x0 + dx) * factor] += wgt
             done = (ys[i + 1] - y0) * factor if i + 1 < len(ys) else band_h
             if i >= start_band:
-                out = np.clip(np.rint(acc[:done] / wsum[:done]), 0, 255).astype(np.uint8)
-                yield i, y0 * factor, y0 * factor + done, out
-            acc = np.concatenate([acc[done:], np.zeros((done, width, 3), dtype=np.float32)])
-            wsum = np.concatenate([wsum[done:], np.zeros((done, width, 1), dtype=np.float32)])
+                rows = acc[:done]  # finished: normalised in place, then dropped
+                np.clip(np.rint(np.divide(rows, wsum[:done], out=rows), out=rows), 0, 255, out=rows)
+                yield i, y0 * factor, y0 * factor + done, rows.astype(np.uint8)
+            keep = band_h - done  # the rows the next band overlaps move up; the buffers are reused
+            acc[:keep], wsum[:keep] = acc[done:], wsum[done:]
+            acc[keep:], wsum[keep:] = 0.0, 0.0
 
     def decode(self, latent: Tensor, autoencoder: nn.Module) -> np.ndarray:
         """The whole region as uint8 RGB (H, W, 3) (:meth:`decode_bands` gathered; small regions only)."""
@@ -469,10 +486,10 @@ class RegionSampler:
 
     @torch.no_grad()
     def sample(
-        self, mask: Tensor, autoencoder: nn.Module, denoiser: nn.Module, seed: int, tissue: Tensor | None = None
+        self, mask: Tensor, autoencoder: nn.Module, denoiser: nn.Module, seed: int, background: int | None = None
     ) -> np.ndarray:
         """A region (H, W, 3) uint8 RGB for a label map (H, W): :meth:`sample_latent` then :meth:`decode`."""
-        return self.decode(self.sample_latent(mask, autoencoder, denoiser, seed, tissue), autoencoder)
+        return self.decode(self.sample_latent(mask, autoencoder, denoiser, seed, background), autoencoder)
 
     def settings(self) -> dict[str, Any]:
         """What the region depends on besides the networks, mask and seed (for resumable jobs)."""

@@ -88,13 +88,13 @@ def test_shift_mode_moves_the_window_grid_every_step(sd):
 
 def test_windows_of_glass_are_not_denoised(sd):
     mask = _mask(64, 192, seed=2)
-    tissue = torch.zeros(64, 192, dtype=torch.bool)
-    tissue[:, :60] = True
+    glass = mask.clone()
+    glass[:, 60:] = BACKGROUND
     calls = []
     hook = sd.denoiser.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
     try:
         region = RegionSampler(sd.sampler, window_batch_size=64)
-        region.sample_latent(mask, sd.autoencoder, sd.denoiser, seed=0, tissue=tissue)
+        region.sample_latent(glass, sd.autoencoder, sd.denoiser, seed=0, background=BACKGROUND)
         with_glass = sum(calls)
         calls.clear()
         region.sample_latent(mask, sd.autoencoder, sd.denoiser, seed=0)
@@ -103,6 +103,20 @@ def test_windows_of_glass_are_not_denoised(sd):
         hook.remove()
     # latent 16 x 48, windows at x = 0, 12, 24, 32: tissue (x < 15) reaches the windows at 0 and 12 only
     assert everywhere == 4 * 4 and with_glass == 4 * 2
+
+
+def test_background_pixels_are_conditioned_as_nc_and_other_values_are_refused(sd):
+    mask = _mask(64, 128, seed=5)
+    specks = mask.clone()
+    specks[::7, ::5] = BACKGROUND  # glass specks: every window keeps tissue, so every window runs
+    region = RegionSampler(sd.sampler)
+    with_glass = region.sample_latent(specks, sd.autoencoder, sd.denoiser, seed=1, background=BACKGROUND)
+    as_nc = region.sample_latent(specks.masked_fill(specks == BACKGROUND, 0), sd.autoencoder, sd.denoiser, seed=1)
+    torch.testing.assert_close(with_glass, as_nc, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"labels 0\.\.3, got \[255\]"):
+        region.sample_latent(specks, sd.autoencoder, sd.denoiser, seed=1)
+    with pytest.raises(ValueError, match=r"background must lie in 4\.\.255"):
+        region.sample_latent(mask, sd.autoencoder, sd.denoiser, seed=1, background=2)
 
 
 def test_decoding_in_bands_is_blended_and_resumes_at_any_band(sd):
@@ -242,11 +256,10 @@ def test_ramp_weights_beside_glass_are_normalised_not_shrunk():
     """A window whose neighbours are skipped (glass) keeps its whole prediction on its ramped border columns."""
     gen = load_generator("sd", BUNDLES, num_inference_steps=2)
     mask = _mask(64, 128, seed=4)
-    tissue = torch.zeros(64, 128, dtype=torch.bool)
-    tissue[:, :40] = True  # latent columns 0..9: of the windows at x = 0, 12, 16 only the first holds tissue
+    mask[:, 40:] = BACKGROUND  # tissue in latent columns 0..9: of the windows at x = 0, 12, 16 only the first
     ramp, plain = (
         RegionSampler(gen.sampler, overlap=4, blend=blend).sample_latent(
-            mask, gen.autoencoder, gen.denoiser, seed=2, tissue=tissue
+            mask, gen.autoencoder, gen.denoiser, seed=2, background=BACKGROUND
         )
         for blend in ("ramp", "uniform")
     )
