@@ -341,8 +341,8 @@ def compare_generators(
             encoded and decoded by the autoencoder (the ceiling of a generator with that first stage).
 
     Returns:
-        ``generators`` (name -> ``miou``, ``iou`` per class, ``pixel_accuracy``, ``fid``,
-        ``seconds_per_tile``, ``confusion_matrix``), ``order``, ``references`` (name -> such a row, no timing),
+        ``generators`` (name -> ``miou``, ``iou`` per class, ``pixel_accuracy``, ``leak``, ``foreign`` (see
+        :meth:`monai_disc.metrics.MaskFidelity.aggregate`), ``fid``, ``seconds_per_tile``, ``confusion_matrix``), ``order``, ``references`` (name -> such a row, no timing),
         ``num_masks``, ``mask_size``, ``labels_per_mask`` (min, mean, max), ``seeds``, ``steps``, ``ruler``,
         ``feature_dim``, ``num_real_tiles``, ``device``, ``files``. ``compare.json`` holds the same, with
         undefined numbers (NaN) as null.
