@@ -51,8 +51,8 @@ NAIVE = "naive tiling (tile by tile)"
 RULES = {  # name -> RegionSampler options (decoded chunks on the sampling windows where there is a fixed grid)
     "no agreement (overlap 0, one noise)": {"mode": "average", "overlap": 0, "decode_overlap": 0},
     "average, overlap 8": {"mode": "average", "overlap": 8, "decode_overlap": 8},
-    "average, overlap 4, ramps (default)": {"mode": "average", "overlap": 4, "decode_overlap": 4},
-    "average, overlap 2, ramps": {"mode": "average", "overlap": 2, "decode_overlap": 2},
+    "average, overlap 4, ramps": {"mode": "average", "overlap": 4, "decode_overlap": 4},
+    "average, overlap 2, ramps (default)": {"mode": "average", "overlap": 2, "decode_overlap": 2},
     "average, overlap 4, plain mean": {"mode": "average", "overlap": 4, "decode_overlap": 4, "blend": "uniform"},
     "average, overlap 4, decoded off-grid": {"mode": "average", "overlap": 4, "decode_overlap": 8},
     "shift (DiffInfinite)": {"mode": "shift", "overlap": 0, "decode_overlap": 4},
