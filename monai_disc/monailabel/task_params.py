@@ -8,6 +8,7 @@ server answers and keeps serving.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
@@ -136,35 +137,36 @@ def http_errors(task: str):
         raise bad_request(f"{task}: {text}") from err
 
 
-def as_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
-    """``value`` as an int within [low, high]; integral strings and floats are accepted, booleans are not."""
-    if isinstance(value, bool):
-        raise ValueError(f"parameter {name!r} must be an integer, got {value!r}")
+def _number(name: str, value: Any, kind: str) -> float:
+    """``value`` as a float, or ``parameter 'name' must be <kind>`` (booleans are refused)."""
     try:
-        number = float(value)
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"parameter {name!r} must be an integer, got {value!r}") from None
-    if not number.is_integer():
-        raise ValueError(f"parameter {name!r} must be an integer, got {value!r}")
-    number = int(number)
+        raise ValueError(f"parameter {name!r} must be {kind}, got {value!r}") from None
+
+
+def _within(name: str, number: Any, low: Any, high: Any) -> Any:
     if (low is not None and number < low) or (high is not None and number > high):
         raise ValueError(f"parameter {name!r} must lie in [{low}, {high}], got {number}")
     return number
+
+
+def as_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int within [low, high]; integral strings and floats are accepted, booleans are not."""
+    number = _number(name, value, "an integer")
+    if not number.is_integer():
+        raise ValueError(f"parameter {name!r} must be an integer, got {value!r}")
+    return _within(name, int(number), low, high)
 
 
 def as_float(name: str, value: Any, low: float | None = None, high: float | None = None) -> float:
     """``value`` as a finite float within [low, high]."""
-    if isinstance(value, bool):
-        raise ValueError(f"parameter {name!r} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"parameter {name!r} must be a number, got {value!r}") from None
-    if number != number or number in (float("inf"), float("-inf")):
+    number = _number(name, value, "a number")
+    if not math.isfinite(number):
         raise ValueError(f"parameter {name!r} must be finite, got {value!r}")
-    if (low is not None and number < low) or (high is not None and number > high):
-        raise ValueError(f"parameter {name!r} must lie in [{low}, {high}], got {number}")
-    return number
+    return _within(name, number, low, high)
 
 
 def one_of(name: str, value: Any, choices: Iterable[str]) -> str:
