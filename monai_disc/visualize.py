@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .io import atomic_path
 from .labels import LABEL_COLORS, LABEL_NAMES, GleasonLabel, colorize
 
-__all__ = ["LABEL_COLORS", "font", "legend", "overlay", "save_grid", "save_picture", "text_size", "to_uint8"]
+__all__ = ["LABEL_COLORS", "OVERLAY_NOTE", "font", "legend", "overlay", "save_grid", "save_picture", "text_size", "to_uint8"]
 
 
 def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -29,12 +29,17 @@ def text_size(width: int) -> int:
     return int(min(40, max(12, round(width / 9))))
 
 
-def legend(width: int, size: int = 14) -> Image.Image:
+#: the legend's note on pictures with :func:`overlay` columns
+OVERLAY_NOTE = "over tissue: regions outlined in these colours; grades tinted, NC not"
+
+
+def legend(width: int, size: int = 14, note: str | None = None) -> Image.Image:
     """A white strip ``width`` px wide naming the label colours: a swatch and the name of each label.
 
     Args:
         width: strip width (the swatches wrap onto more lines when they do not fit).
         size: text size in px.
+        note: an optional line after the swatches (e.g. :data:`OVERLAY_NOTE`), in a smaller type when it is long.
     """
     f = font(size)
     entries = []
@@ -50,7 +55,12 @@ def legend(width: int, size: int = 14) -> Image.Image:
         line.append(entry)
         used += step
     lines.append(line)
-    strip = Image.new("RGB", (max(width, 1), len(lines) * int(1.6 * size) + size // 2), "white")
+    note_size = size
+    if note:
+        while note_size > 8 and font(note_size).getlength(note) > width - size:
+            note_size -= 1
+    extra = int(1.5 * note_size) if note else 0
+    strip = Image.new("RGB", (max(width, 1), len(lines) * int(1.6 * size) + size // 2 + extra), "white")
     draw = ImageDraw.Draw(strip)
     for i, line in enumerate(lines):
         x, y = size // 2, size // 4 + i * int(1.6 * size)
@@ -58,6 +68,8 @@ def legend(width: int, size: int = 14) -> Image.Image:
             draw.rectangle([x, y, x + size, y + size], fill=colour, outline=(0, 0, 0))
             draw.text((x + int(1.4 * size), y - size // 8), name, fill=(0, 0, 0), font=f)
             x += step + size
+    if note:
+        draw.text((size // 2, len(lines) * int(1.6 * size) + size // 4), note, fill=(0, 0, 0), font=font(note_size))
     return strip
 
 
@@ -82,12 +94,15 @@ def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def overlay(tile: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, alpha: float = 0.4) -> np.ndarray:
-    """Blend the label colours (``monai_disc.labels.LABEL_COLORS``) over a tile.
+    """Draw a label map over a tile: each region outlined in its label colour, the grades (GG3-GG5) also tinted.
+
+    NC is outlined, never tinted: a tint blends with the tissue under it, and sky blue over pink H&E reads as the
+    dark purple of GG5. The outlines carry the legend's exact colours (:data:`monai_disc.labels.LABEL_COLORS`).
 
     Args:
         tile: (H, W, 3) uint8 picture, or a (3, H, W) tile in [-1, 1].
         labels: (H, W) or (1, H, W) integer label map of the same size.
-        alpha: opacity of the colours (0 shows the tile only, 1 the labels only).
+        alpha: opacity of the grade tints (0 shows the tissue only inside the outlines, 1 the colours only).
 
     Returns:
         (H, W, 3) uint8 picture.
@@ -102,8 +117,25 @@ def overlay(tile: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, 
     lab = lab.reshape(lab.shape[-2:]) if lab.ndim == 3 and lab.shape[0] == 1 else lab
     if lab.shape != rgb.shape[:2]:
         raise ValueError(f"labels {lab.shape} do not match the tile's size {rgb.shape[:2]}.")
-    mixed = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colorize(lab).astype(np.float32)
-    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    colours = colorize(lab)
+    tinted = (lab != GleasonLabel.NC)[..., None]
+    mixed = np.where(tinted, (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours.astype(np.float32), rgb)
+    mixed = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    edge = _region_edges(lab)
+    mixed[edge] = colours[edge]
+    return mixed
+
+
+def _region_edges(labels: np.ndarray) -> np.ndarray:
+    """Pixels with a 4-neighbour of another label (each region's own side of a boundary)."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    horizontal = labels[:, 1:] != labels[:, :-1]
+    vertical = labels[1:, :] != labels[:-1, :]
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    edge[1:, :] |= vertical
+    edge[:-1, :] |= vertical
+    return edge
 
 
 def save_grid(
@@ -114,6 +146,7 @@ def save_grid(
     legend_colors: bool = False,
     title: str | None = None,
     zoom: int = 1,
+    legend_note: str | None = None,
 ) -> Path:
     """Save rows of pictures as one image (written atomically: temp file then rename).
 
@@ -128,6 +161,7 @@ def save_grid(
         legend_colors: add the label colour legend under the grid (every picture that shows masks should).
         title: optional line above everything.
         zoom: integer magnification of every picture (nearest), for small tiles.
+        legend_note: a line under the legend's swatches (:data:`OVERLAY_NOTE` where a column is an overlay).
 
     Returns:
         The written path.
@@ -148,23 +182,35 @@ def save_grid(
     width = n_cols * cell_w + (n_cols + 1) * pad
     size = text_size(cell_w)
     f = font(size)
-    top = int(1.5 * size) if title else 0
+    title_lines = _wrap(str(title), f, width - 2 * pad) if title else []
+    top = int(1.5 * size) * len(title_lines)
     header = int(1.4 * size) if titles else 0
     body = header + len(pics) * cell_h + (len(pics) + 1) * pad
-    strip = legend(width, size) if legend_colors else None
+    strip = legend(width, size, legend_note) if legend_colors else None
     canvas = Image.new("RGB", (width, top + body + (strip.height if strip else 0)), "white")
     for i, row in enumerate(pics):
         for j, pic in enumerate(row):
             canvas.paste(Image.fromarray(pic), (pad + j * (cell_w + pad), top + header + pad + i * (cell_h + pad)))
     draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((pad, size // 6), str(title), fill=(0, 0, 0), font=f)
+    for i, line in enumerate(title_lines):
+        draw.text((pad, size // 6 + i * int(1.5 * size)), line, fill=(0, 0, 0), font=f)
     if titles:
         for j, name in enumerate(titles):
             draw.text((pad + j * (cell_w + pad), top + size // 8), str(name), fill=(0, 0, 0), font=f)
     if strip is not None:
         canvas.paste(strip, (0, top + body))
     return save_picture(canvas, path)
+
+
+def _wrap(text: str, f: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` px (a longer single word keeps its own line)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and f.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def save_picture(picture: np.ndarray | Image.Image, path: str | Path) -> Path:

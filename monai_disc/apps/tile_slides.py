@@ -176,7 +176,7 @@ def save_thumbnail(plan: SlideTiling, path: str | os.PathLike, max_side: int = 1
     draw.rectangle((4, y, 16, y + 12), outline=TISSUE_COLOUR, width=2)
     draw.text((20, y), "tissue", fill="black")
     draw.rectangle((80, y, 92, y + 12), outline=TILE_COLOUR)
-    draw.text((96, y), f"tile: {len(plan.tiles)} x {plan.tile_size} px at {plan.mpp:g} um/px", fill="black")
+    draw.text((96, y), f"{len(plan.tiles)} tiles of {plan.tile_size} px at {plan.mpp:g} um/px", fill="black")
     with atomic_path(path) as tmp:
         legend.save(tmp, format="PNG")
     return Path(path)

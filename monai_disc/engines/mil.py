@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import warnings
@@ -325,6 +326,9 @@ def train_transmil(
     stopper = EarlyStopping(
         patience=patience, score_function=lambda e: e.state.metrics[MIL_KEY_METRIC], trainer=trainer
     )
+    # ignite gives the handler its own stderr handler at INFO; its "Stop training" goes to the history and
+    # result.json instead, and the application's logging configuration decides what else is printed
+    stopper.logger = logging.getLogger(f"{__name__}.EarlyStopping")
     log = _EpochLog(trainer, out / _HISTORY)
     evaluator.add_event_handler(Events.COMPLETED, best)
     evaluator.add_event_handler(Events.COMPLETED, stopper)

@@ -119,7 +119,8 @@ def evaluate_panda(
 
 
 def format_panda_auroc(result: Mapping[str, Any]) -> str:
-    """A markdown table of :func:`evaluate_panda`: one row per slide set, AUROC per class and macro."""
+    """A markdown table of :func:`evaluate_panda`: one row per slide set that holds slides, AUROC per class and
+    macro."""
 
     def cell(v: float) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
@@ -131,6 +132,8 @@ def format_panda_auroc(result: Mapping[str, Any]) -> str:
     ]
     for name in names:
         s = result[name]
+        if not s["n_slides"]:
+            continue
         per_class = " | ".join(cell(s[f"auroc_{n}"]) for n in LABEL_NAMES)
         lines.append(f"| {name} | {s['n_slides']} | {per_class} | {cell(s['macro_auroc'])} |")
     if result.get("missing"):

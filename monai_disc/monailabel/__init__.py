@@ -43,8 +43,19 @@ def server_command(
 
     Returns:
         the argument list, starting with this Python interpreter.
+
+    Raises:
+        ModuleNotFoundError: ``monailabel`` is not installed (the message names the extra that brings it).
     """
     import sys
+
+    try:
+        import monailabel  # noqa: F401
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            "the label server needs the monailabel extra: pip install -c requirements/constraints.txt -e "
+            f"'.[monailabel]' ({err})"
+        ) from err
 
     pairs = {"models": models or ",".join(DEFAULT_MODELS), "bundles": str(bundles or REPO_BUNDLES), **(conf or {})}
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies)]

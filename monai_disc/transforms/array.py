@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from monai.config import DtypeLike, NdarrayOrTensor
 from monai.data import MetaTensor, PILReader
-from monai.transforms import LoadImage, Randomizable, Transform
-from monai.utils import TransformBackends, convert_to_dst_type
+from monai.transforms import EnsureChannelFirst, Randomizable, Transform
+from monai.utils import ImageMetaKey, TransformBackends, convert_to_dst_type
 
 from monai_disc.labels import (
     MASK_JPEG_NOISE_FRACTION,
@@ -80,14 +80,20 @@ class LoadPILImage(Transform):
         self.mode = mode
         converter = _to_rgb if mode == "RGB" else _to_gray
         self.reader = PILReader(converter=converter, reverse_indexing=False)
-        self.loader = LoadImage(reader=self.reader, image_only=True, ensure_channel_first=True, dtype=dtype)
+        self.dtype = dtype
+        # LoadImage's steps with this one reader: LoadImage itself would build every reader MONAI knows, each
+        # time (pydicom's prints its GPU-codec warnings on every machine without one)
+        self.channel_first = EnsureChannelFirst()
 
     def __call__(self, filename: str | os.PathLike) -> MetaTensor:
         path = os.fspath(filename)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image file not found: {path}")
         try:
-            img = self.loader(path, reader=self.reader)
+            array, meta = self.reader.get_data(self.reader.read(path))
+            array = convert_to_dst_type(array, dst=array, dtype=self.dtype)[0]
+            meta[ImageMetaKey.FILENAME_OR_OBJ] = path
+            img = self.channel_first(MetaTensor.ensure_torch_and_prune_meta(array, meta), meta_dict=meta)
         except Exception as err:
             raise ValueError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
         if img.ndim != 3:  # pragma: no cover - PIL modes RGB/L always give (C, H, W)

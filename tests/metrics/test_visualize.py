@@ -16,12 +16,16 @@ def test_to_uint8_maps_package_range():
     assert to_uint8(tile)[0, 0].tolist() == [0, 128, 255]
 
 
-def test_overlay_blends_label_colours():
-    tile = np.zeros((2, 2, 3), dtype=np.uint8)
-    labels = np.array([[0, 3], [3, 3]])
+def test_overlay_tints_grades_outlines_every_region_and_leaves_nc_tissue_as_it_is():
+    tile = np.full((6, 6, 3), 200, dtype=np.uint8)
+    labels = np.zeros((6, 6), dtype=np.int64)
+    labels[:, 3:] = GleasonLabel.GG5
     out = overlay(tile, labels, alpha=0.5)
-    assert out[0, 1].tolist() == [round(c / 2) for c in LABEL_COLORS[GleasonLabel.GG5]]
-    assert overlay(tile, labels, alpha=0.0).max() == 0
+    gg5, nc = LABEL_COLORS[GleasonLabel.GG5], LABEL_COLORS[GleasonLabel.NC]
+    assert out[0, 5].tolist() == [round((200 + c) / 2) for c in gg5]  # inside GG5: tinted
+    assert out[0, 0].tolist() == [200, 200, 200]  # inside NC: the tissue untouched (sky blue over pink reads purple)
+    assert out[2, 2].tolist() == list(nc) and out[2, 3].tolist() == list(gg5)  # each side of the edge, exact colours
+    assert overlay(tile, labels, alpha=0.0)[:, 5].tolist() == tile[:, 5].tolist()
     with pytest.raises(ValueError, match="do not match"):
         overlay(tile, np.zeros((3, 3)), 0.5)
 
@@ -84,3 +88,11 @@ def test_label_colours_stay_apart_for_colour_blind_readers():
         for b in colours[i + 1 :]
     )
     assert worst > 30, worst  # GG4 (230, 159, 0) and GG5 (213, 94, 0) were 18 apart
+
+
+def test_a_long_title_wraps_onto_more_lines_instead_of_running_off_the_picture(tmp_path):
+    tile = np.zeros((32, 32, 3), dtype=np.uint8)
+    short = np.asarray(Image.open(save_grid([[tile]], tmp_path / "a.png", title="SD-GD")))
+    long = np.asarray(Image.open(save_grid([[tile]], tmp_path / "b.png", title="SD-GD tiles for held-out masks " * 3)))
+    assert short.shape[1] == long.shape[1] and long.shape[0] >= short.shape[0] + 2 * int(1.5 * 12)
+    assert (long[-34:-2, 2:34] == 0).all()  # the tile still sits under the title lines, whole
