@@ -51,13 +51,14 @@ RULER = "ruler = the toy CarcinoNet segmenter reading a tile back"
 SCARCE_SLIDES, SCARCE_SEEDS, SCARCE_LAMBDA = 8, 3, 0.5
 
 
-def _format_scores(title: str, scores: dict, masks: torch.Tensor) -> str:
-    """The ruler's scores, each class's IoU beside the truth pixels it rests on (a tiny class gives a shaky IoU)."""
+def _format_scores(title: str, scores: dict, masks: torch.Tensor, note: bool = True) -> str:
+    """The ruler's scores, each class's IoU beside the truth pixels it rests on (a tiny class gives a shaky IoU),
+    and with ``note`` a line flagging the classes too small to score."""
     counts = torch.bincount(masks.reshape(-1).long(), minlength=NUM_CLASSES).tolist()
     iou = "  ".join(f"{n} {v:.3f} ({c} px)" for n, v, c in zip(LABEL_NAMES, scores["iou"], counts))
     line = f"{title}: mIoU {scores['miou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f}, IoU {iou}"
     scarce = [f"{n} ({c} of {masks.numel()} px)" for n, c in zip(LABEL_NAMES, counts) if c < 0.01 * masks.numel()]
-    if scarce:
+    if scarce and note:
         line += (
             f"\n  note: {', '.join(scarce)} covers under 1 % of these masks, so its IoU rests on a few pixels "
             "(0.000 can mean the ruler missed one small region); the bundle README gives the full test split"
@@ -154,7 +155,7 @@ def _tiles_from_masks(
                    seconds_per_tile=per_tile, masks_for_bundles=str(mask_dir))  # fmt: skip
     print(_format_scores(f"{gen.name} tiles ({steps} sampling steps), read by the ruler", figures["generated_64px"],
                          masks64))  # fmt: skip
-    print(_format_scores("the real tiles of the same 64 px masks, read by the ruler", figures["real_64px"], masks64))
+    print(_format_scores("the real tiles of the same masks, read by the ruler", figures["real_64px"], masks64, False))
     device = "GPU" if torch.cuda.is_available() else "CPU"
     print(f"{gen.name}: {per_tile:.2f} s per 64 px tile ({steps} sampling steps, a batch of {len(masks64)} on the "
           f"{device}); {len(masks64)} held-out masks for the LDM bundles' inference: {mask_dir}")  # fmt: skip
@@ -228,7 +229,7 @@ def _synthetic_slides(root: Path, out: Path, generator: LDMGenerator, num_slides
         title=f"synthetic slide {shown.slide_id} ({grades}): {generator.name} tiles above the masks they follow",
     )  # fmt: skip
     drawn = ", ".join(f"{LABEL_NAMES[p.primary]}+{LABEL_NAMES[p.secondary]}" for p in plans)
-    print(f"slides (primary+secondary): {drawn}; {seconds:.2f} s per tile; {out}")
+    print(f"slides (primary+secondary): {drawn}; {seconds:.2f} s per tile drawn and written; {out}")
     print(
         f"picture: {grid}. The faint bright bottom edge and the speckled bottom-left corner of dense tiles come from "
         "the toy autoencoder (its real tiles, encoded and decoded, show them too; docs/quickstart.md)"
@@ -251,17 +252,25 @@ def _scarce_slides(
     start = time.perf_counter()
     extractor = build_extractor("carcinonet_toy", weights=bundle_file(CARCINONET_WEIGHTS, bundles_dir))
     features = out / "features"
-    real = {"train": ("Val1", "Train"), "val": ("Val1", "Test"), "test": ("Test", "Test")}
-    for folder, (partition, split) in real.items():
-        extract_bag_features(load_sicapv2_bags(root, partition, split), extractor, features / folder, progress=False)
-    extract_bag_features(load_synthetic_bags(slides), extractor, features / "synthetic", progress=False)
-    train = sorted(FeatureBagDataset(features / "train").entries, key=lambda e: str(e["slide_id"]))[:SCARCE_SLIDES]
-    test, synthetic = FeatureBagDataset(features / "test"), FeatureBagDataset(features / "synthetic")
-    summary = lambda_sweep(
-        train, features / "val", {"toy": test}, {generator: synthetic}, lambdas=(0.0, SCARCE_LAMBDA), seeds=seeds,
-        out_dir=out / "scarce_slides", progress=False, network="transmil_toy", max_epochs=20, patience=5,
-        tensorboard=False,
-    )  # fmt: skip
+    bags = {
+        "train": sorted(load_sicapv2_bags(root, "Val1", "Train"), key=lambda b: str(b["slide_id"]))[:SCARCE_SLIDES],
+        "val": load_sicapv2_bags(root, "Val1", "Test"),
+        "test": load_sicapv2_bags(root, "Test", "Test"),
+        "synthetic": load_synthetic_bags(slides),
+    }
+    for folder, items in bags.items():
+        extract_bag_features(items, extractor, features / folder, progress=False)
+    train, test, synthetic = (FeatureBagDataset(features / f) for f in ("train", "test", "synthetic"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a toy TransMIL step is a few hundred small ops: more threads only wait on each other
+    try:
+        summary = lambda_sweep(
+            train, features / "val", {"toy": test}, {generator: synthetic}, lambdas=(0.0, SCARCE_LAMBDA), seeds=seeds,
+            out_dir=out / "scarce_slides", progress=False, network="transmil_toy", max_epochs=20, patience=5,
+            tensorboard=False,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
     rows = pd.read_csv(out / "scarce_slides" / "sweep.csv")
     arms = {
         f"{SCARCE_SLIDES} real": rows[rows["lam"] == 0.0].sort_values("seed"),

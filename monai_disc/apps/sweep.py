@@ -220,7 +220,8 @@ def plot_sweep(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
                 (line,) = ax.plot(curve["lam"], mean, marker="o", label=str(generator))
                 low, high = (mean - std).clip(lower=0.0), (mean + std).clip(upper=100.0)
                 ax.fill_between(curve["lam"], low, high, color=line.get_color(), alpha=0.15)
-            ax.set_xlabel("lambda")
+            ax.set_ylim(top=100.0)  # an AUROC never passes 100: the band is clipped there, and so is the axis
+            ax.set_xlabel("lambda (weight of the synthetic slides' loss)")
             ax.set_ylabel(f"{title} (x 100)")
             ax.set_title(f"{test}: {title}")
             ax.grid(alpha=0.3)
