@@ -302,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels after resizing")
     p.add_argument("--mpp", type=float, default=1.0, help="target resolution in um/px (1.0: SICAPv2's 10x)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="smallest tissue fraction of a kept tile")
-    p.add_argument("--base-mpp", type=float, default=None, help="level-0 um/px of slides whose metadata has none")
+    p.add_argument(
+        "--base-mpp", type=float, default=None,
+        help="level-0 um/px of slides whose metadata has none or is not trusted (72/96 dpi screen tags)",
+    )  # fmt: skip
     p.add_argument("--tissue", default="biopsy", choices=["biopsy", "clam"], help="tissue detection preset")
     p.add_argument("--labels", default=None, help="csv of slide_id, gleason_score (with --slides)")
     p.add_argument("--overwrite", action="store_true", help="start over in a folder tiled with other settings")
