@@ -202,7 +202,10 @@ def _label_server(args: argparse.Namespace) -> None:
 
     from monai_disc.monailabel import server_command
 
-    cmd = server_command(args.studies, host=args.host, port=args.port, models=args.models, bundles=args.bundles)
+    cmd = server_command(
+        args.studies, host=args.host, port=args.port, models=args.models, bundles=args.bundles,
+        conf=dict(args.conf or []),
+    )  # fmt: skip
     env = {**os.environ, "BUNDLE_DOWNLOAD_SRC": "local"}  # no model-zoo lookups over the network
     if os.name == "posix":  # become the server: Ctrl+C and kill reach it directly
         os.execve(cmd[0], cmd, env)
@@ -346,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--models", default="carcinonet,gleason_ldm", help="comma-separated models to serve")
     p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
+    p.add_argument(
+        "--conf", nargs=2, action="append", metavar=("KEY", "VALUE"),
+        help="an app setting, repeatable: max_region_pixels, max_region_tiles, infer_workers, region_workers, "
+        "base_mpp, min_poly_area, model_dir, gleason_ldm_max_size (docs/monailabel.md)",
+    )  # fmt: skip
     p.set_defaults(func=_label_server)
     return parser
 

@@ -40,11 +40,13 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.transform.writer import PolygonWriter
 from monailabel.utils.others.label_colors import get_color
+from PIL import Image
 from scipy.ndimage import binary_fill_holes
 from skimage.measure import approximate_polygon, find_contours
 
 from monai_disc.engines.evaluation import labelled_tile_transforms
 from monai_disc.labels import LABEL_COLORS, LABEL_NAMES, NUM_CLASSES, GleasonLabel
+from monai_disc.monailabel.checks import ClientError
 from monai_disc.monailabel.task_params import (
     SERVER_KEYS,
     WSI_KEYS,
@@ -333,16 +335,75 @@ class CarcinoNetTrain(BasicTrainTask):
         )
         self._config.pop("name", None)  # each run gets its own folder unless the request names one
 
-    def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
+    def check_request(self, request: Mapping[str, Any], datastore: Any) -> dict[str, Any]:
+        """The training request with its parameters parsed, and the datastore's labels checked, before any run.
+
+        ``train_batch_size`` below 2 is raised to 2 (QuPath's Train dialog offers 1; CarcinoNet's pyramid-pooling
+        batch norm needs two samples).
+
+        Raises:
+            ClientError: 400 for an unknown or invalid parameter (named), or labels training cannot use (the file
+                and the problem named).
+        """
         request = dict(request)
+        known = set(self._config) | {"name", "model"}
+        unknown = sorted(k for k in request if k not in known)
+        if unknown:
+            raise ClientError(400, f"carcinonet: unknown training parameter(s) {unknown}; it takes {sorted(known)}")
         name = str(request.setdefault("name", time.strftime("run_%Y%m%d_%H%M%S")))
         if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name):
-            raise ValueError(f"carcinonet: run name {name!r} must be a plain folder name (letters, digits, . _ -)")
+            raise ClientError(
+                400, f"carcinonet: run name {name!r} must be a plain folder name (letters, digits, . _ -)"
+            )
         params = {**self._config, **request}
-        for name, low in (("max_epochs", 1), ("train_batch_size", 2), ("val_batch_size", 1)):
-            request[name] = as_int(name, params[name], low=low)
-        request["learning_rate"] = as_float("learning_rate", params["learning_rate"], low=0.0)
-        request["val_split"] = as_float("val_split", params["val_split"], low=0.0, high=0.9)
+        try:
+            batch = as_int("train_batch_size", params["train_batch_size"], low=1)
+            if batch < 2:
+                logger.info(f"carcinonet: train_batch_size {batch} raised to 2 (the network's batch norm needs two)")
+            request["train_batch_size"] = max(batch, 2)
+            for key, low in (("max_epochs", 1), ("val_batch_size", 1)):
+                request[key] = as_int(key, params[key], low=low)
+            request["learning_rate"] = as_float("learning_rate", params["learning_rate"], low=0.0)
+            request["val_split"] = as_float("val_split", params["val_split"], low=0.0, high=0.9)
+        except ValueError as err:
+            raise ClientError(400, f"carcinonet: {err}") from None
+        self._check_labels(datastore, request["val_split"])
+        return request
+
+    @staticmethod
+    def _check_labels(datastore: Any, val_split: float) -> None:
+        datalist = datastore.datalist()
+        for item in datalist:
+            label, image = Path(item["label"]), Path(item["image"])
+            try:
+                with Image.open(label) as im:
+                    values = np.asarray(im)
+                with Image.open(image) as im:
+                    size = im.size
+            except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
+                raise ClientError(
+                    400, f"carcinonet: cannot read label {label.name} or image {image.name}: {err}"
+                ) from None
+            wrong = sorted({int(v) for v in np.unique(values)} - set(range(NUM_CLASSES)))
+            if values.ndim != 2 or wrong or values.shape[::-1] != size:
+                raise ClientError(
+                    400,
+                    f"carcinonet: label {label} is not a single-channel map of values 0..{NUM_CLASSES - 1} of its "
+                    f"image's {size[0]} x {size[1]} px (found shape {values.shape}, values {wrong or 'ok'})",
+                )
+        n_train = len(datalist) - (round(len(datalist) * val_split) if val_split > 0 else 0)
+        if n_train < 2:
+            raise ClientError(
+                400,
+                f"carcinonet: training needs at least 2 tiles with final labels after val_split {val_split}; "
+                f"the datastore holds {len(datalist)} labelled tile(s)",
+            )
+
+    def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
+        try:
+            request = self.check_request(request, datastore)
+        except ClientError as err:
+            raise ValueError(err.detail) from None
         return super().__call__(request, datastore)
 
     def network(self, context: Context) -> torch.nn.Module:

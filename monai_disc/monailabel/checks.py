@@ -283,18 +283,19 @@ def check_label_file(
     except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
         raise ClientError(400, f"label {name}: cannot read it ({type(err).__name__}: {err})") from None
     if labels.ndim != 2:
-        raise ClientError(400, f"label {name}: a {mode} picture; labels are single-channel maps of values {list(values)}")
+        raise ClientError(
+            400, f"label {name}: a {mode} picture; labels are single-channel maps of values {list(values)}"
+        )
     h, w = labels.shape
     if (w, h) != tuple(image_wh):
-        raise ClientError(
-            400, f"label {name} is {w} x {h} px, image {image!r} is {image_wh[0]} x {image_wh[1]} px"
-        )
+        raise ClientError(400, f"label {name} is {w} x {h} px, image {image!r} is {image_wh[0]} x {image_wh[1]} px")
     found = np.unique(labels)
     wrong = [int(v) for v in found if int(v) not in set(values)]
     if wrong:
         count = int(np.isin(labels, wrong).sum())
         raise ClientError(
-            400, f"label {name} holds value(s) {wrong} ({count} px); allowed values are {list(values)} (0 NC, 1 GG3, "
+            400,
+            f"label {name} holds value(s) {wrong} ({count} px); allowed values are {list(values)} (0 NC, 1 GG3, "
             "2 GG4, 3 GG5)",
         )
     return labels.astype(np.uint8)
