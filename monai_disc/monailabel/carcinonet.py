@@ -309,6 +309,8 @@ class CarcinoNetTrain(BasicTrainTask):
         staging = os.path.join(os.path.dirname(self._published), f".{os.path.basename(self._published)}.staging")
         parser = bundle_config(bundle, "train")
         self._weight_decay = float(parser.get_parsed_content("weight_decay"))
+        #: side training crops tiles to (tiles below it are used whole)
+        self.patch_size = int(parser.get_parsed_content("patch_size"))
         self._loss = parser.get_parsed_content("loss")
         self._train_transforms = parser.get_parsed_content("synthetic_preprocessing")  # the folder-format pipeline
         bundle_weights = bundle_config(bundle, "inference").get_parsed_content("ckpt_path")
@@ -338,23 +340,34 @@ class CarcinoNetTrain(BasicTrainTask):
     def check_request(self, request: Mapping[str, Any], datastore: Any) -> dict[str, Any]:
         """The training request with its parameters parsed, and the datastore's labels checked, before any run.
 
-        ``train_batch_size`` below 2 is raised to 2 (QuPath's Train dialog offers 1; CarcinoNet's pyramid-pooling
-        batch norm needs two samples).
-
         Raises:
             ClientError: 400 for an unknown or invalid parameter (named), or labels training cannot use (the file
                 and the problem named).
         """
-        request = dict(request)
         known = set(self._config) | {"name", "model"}
         unknown = sorted(k for k in request if k not in known)
         if unknown:
             raise ClientError(400, f"carcinonet: unknown training parameter(s) {unknown}; it takes {sorted(known)}")
+        try:
+            request = self.parse_request(request)
+        except ValueError as err:
+            raise ClientError(400, str(err)) from None
+        self._check_labels(datastore, request["val_split"])
+        return request
+
+    def parse_request(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The request with ``name`` set and every training parameter parsed and in range.
+
+        ``train_batch_size`` below 2 is raised to 2 (QuPath's Train dialog offers 1; CarcinoNet's pyramid-pooling
+        batch norm needs two samples).
+
+        Raises:
+            ValueError: an invalid value (the message names the parameter).
+        """
+        request = dict(request)
         name = str(request.setdefault("name", time.strftime("run_%Y%m%d_%H%M%S")))
         if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name):
-            raise ClientError(
-                400, f"carcinonet: run name {name!r} must be a plain folder name (letters, digits, . _ -)"
-            )
+            raise ValueError(f"carcinonet: run name {name!r} must be a plain folder name (letters, digits, . _ -)")
         params = {**self._config, **request}
         try:
             batch = as_int("train_batch_size", params["train_batch_size"], low=1)
@@ -366,13 +379,12 @@ class CarcinoNetTrain(BasicTrainTask):
             request["learning_rate"] = as_float("learning_rate", params["learning_rate"], low=0.0)
             request["val_split"] = as_float("val_split", params["val_split"], low=0.0, high=0.9)
         except ValueError as err:
-            raise ClientError(400, f"carcinonet: {err}") from None
-        self._check_labels(datastore, request["val_split"])
+            raise ValueError(f"carcinonet: {err}") from None
         return request
 
-    @staticmethod
-    def _check_labels(datastore: Any, val_split: float) -> None:
+    def _check_labels(self, datastore: Any, val_split: float) -> None:
         datalist = datastore.datalist()
+        cropped: dict[tuple[int, int], str] = {}  # tile size after the training crop -> one tile of that size
         for item in datalist:
             label, image = Path(item["label"]), Path(item["image"])
             try:
@@ -391,6 +403,15 @@ class CarcinoNetTrain(BasicTrainTask):
                     f"carcinonet: label {label} is not a single-channel map of values 0..{NUM_CLASSES - 1} of its "
                     f"image's {size[0]} x {size[1]} px (found shape {values.shape}, values {wrong or 'ok'})",
                 )
+            cropped.setdefault((min(size[0], self.patch_size), min(size[1], self.patch_size)), image.name)
+        if len(cropped) > 1:
+            (size_a, a), (size_b, b) = list(cropped.items())[:2]
+            raise ClientError(
+                400,
+                f"carcinonet: tiles {a} ({size_a[0]} x {size_a[1]} px) and {b} ({size_b[0]} x {size_b[1]} px) cannot "
+                f"share a batch: training crops tiles to {self.patch_size} px, so tiles must be at least that large "
+                "or all of one size",
+            )
         n_train = len(datalist) - (round(len(datalist) * val_split) if val_split > 0 else 0)
         if n_train < 2:
             raise ClientError(
@@ -400,11 +421,7 @@ class CarcinoNetTrain(BasicTrainTask):
             )
 
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
-        try:
-            request = self.check_request(request, datastore)
-        except ClientError as err:
-            raise ValueError(err.detail) from None
-        return super().__call__(request, datastore)
+        return super().__call__(self.parse_request(request), datastore)
 
     def network(self, context: Context) -> torch.nn.Module:
         return bundle_config(self._bundle, "train").get_parsed_content("network_def")

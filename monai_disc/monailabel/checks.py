@@ -35,6 +35,7 @@ __all__ = [
     "json_field",
     "label_upload_kind",
     "rasterize_asap",
+    "read_asap",
 ]
 
 #: interaction fields QuPath's extension always sends (MonaiLabelClient.InferParams); carcinonet uses no clicks
@@ -212,19 +213,12 @@ def check_region(
     return {"location": [x, y], "size": [w, h], "tile_size": [tw, th], "tiles": tiles}
 
 
-def rasterize_asap(
-    path: str | os.PathLike, labels: Mapping[str, int], width: int, height: int, name: str
-) -> np.ndarray:
-    """An ASAP XML annotation (what QuPath's Submit Label uploads) as an (H, W) uint8 label map.
-
-    Polygons are drawn in document order (a later one on top), clipped to the image. QuPath writes coordinates
-    relative to the image it labels (a patch's own pixels; the ``Annotations`` X, Y, W, H only describe the
-    patch).
+def read_asap(path: str | os.PathLike, labels: Mapping[str, int], name: str) -> list[tuple[int, np.ndarray]]:
+    """The polygons of an ASAP XML annotation (what QuPath's Submit Label uploads): (label value, (N, 2) x, y).
 
     Args:
         path: the XML file.
         labels: class name -> label value (``Name`` of each ``Annotation``).
-        width, height: the image's size.
         name: the file name used in errors.
 
     Raises:
@@ -234,27 +228,34 @@ def rasterize_asap(
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
         raise ClientError(400, f"label {name}: not an ASAP XML annotation ({err})") from None
+    polygons = []
+    for annotation in root.iter("Annotation"):
+        cls = annotation.get("Name") or annotation.get("PartOfGroup") or ""
+        if cls not in labels:
+            raise ClientError(400, f"label {name}: class {cls!r} is not one of this model's labels {sorted(labels)}")
+        try:
+            points = [(float(c.get("X")), float(c.get("Y"))) for c in annotation.iter("Coordinate")]
+        except (TypeError, ValueError):
+            raise ClientError(400, f"label {name}: a Coordinate of {cls!r} lacks numeric X, Y") from None
+        if len(points) >= 3:
+            polygons.append((int(labels[cls]), np.asarray(points, dtype=np.float64)))
+    if not polygons:
+        raise ClientError(400, f"label {name}: no polygon of three or more points")
+    return polygons
+
+
+def rasterize_asap(
+    polygons: Sequence[tuple[int, np.ndarray]], width: int, height: int, offset: tuple[float, float] = (0, 0)
+) -> np.ndarray:
+    """Polygons of :func:`read_asap` as an (H, W) uint8 label map (0 elsewhere), a later polygon on top.
+
+    QuPath writes coordinates relative to the image it labels (a patch's own pixels; the ``Annotations`` X, Y, W,
+    H only describe the patch); ``offset`` is subtracted first (a patch cut from a slide at that position).
+    """
     canvas = Image.new("L", (int(width), int(height)), 0)
     draw = ImageDraw.Draw(canvas)
-    count = 0
-    for group in root.iter("Annotations"):
-        for annotation in group.iter("Annotation"):
-            cls = annotation.get("Name") or annotation.get("PartOfGroup") or ""
-            if cls not in labels:
-                raise ClientError(
-                    400, f"label {name}: class {cls!r} is not one of this model's labels {sorted(labels)}"
-                )
-            points = []
-            for c in annotation.iter("Coordinate"):
-                try:
-                    points.append((float(c.get("X")), float(c.get("Y"))))
-                except (TypeError, ValueError):
-                    raise ClientError(400, f"label {name}: a Coordinate of {cls!r} lacks numeric X, Y") from None
-            if len(points) >= 3:
-                draw.polygon(points, fill=int(labels[cls]))
-                count += 1
-    if not count:
-        raise ClientError(400, f"label {name}: no polygon of three or more points")
+    for value, points in polygons:
+        draw.polygon([(x - offset[0], y - offset[1]) for x, y in points], fill=int(value))
     return np.asarray(canvas, dtype=np.uint8)
 
 

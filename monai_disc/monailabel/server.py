@@ -62,6 +62,7 @@ from monai_disc.monailabel.checks import (
     json_field,
     label_upload_kind,
     rasterize_asap,
+    read_asap,
 )
 from monai_disc.visualize import save_picture
 
@@ -70,8 +71,6 @@ __all__ = ["install_routes", "router"]
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
-_OPTIONAL_FILE = File(None)  # FastAPI markers of multipart file fields
-_REQUIRED_FILE = File(...)
 _LIMITERS: dict[str, anyio.CapacityLimiter] = {}
 
 
@@ -239,7 +238,7 @@ async def infer_wsi_v2(
     model: str,
     image: str = "",
     session_id: str = "",
-    file: UploadFile = _OPTIONAL_FILE,
+    file: UploadFile = File(None),  # noqa: B008 - FastAPI declares form fields by defaults
     wsi: str = Form("{}"),
     output: str | None = None,
 ) -> Any:
@@ -283,8 +282,8 @@ async def infer(
     image: str = "",
     session_id: str = "",
     params: str = Form("{}"),
-    file: UploadFile = _OPTIONAL_FILE,
-    label: UploadFile = _OPTIONAL_FILE,
+    file: UploadFile = File(None),  # noqa: B008 - FastAPI declares form fields by defaults
+    label: UploadFile = File(None),  # noqa: B008 - FastAPI declares form fields by defaults
     output: str | None = None,
 ) -> Any:
     """A tile of the datastore (``image``) or an uploaded file; ``params`` is a JSON form field."""
@@ -344,6 +343,50 @@ async def activelearning(request: Request, strategy: str) -> Any:
 # ----------------------------------------------------------------------------------------------
 # datastore
 # ----------------------------------------------------------------------------------------------
+def _span(low: float, high: float, least: int, limit: int) -> tuple[int, int]:
+    """[start, stop) around [low, high], widened about its centre to ``least`` px, kept within [0, limit)."""
+    start, stop = max(0, int(np.floor(low))), min(limit, int(np.ceil(high)))
+    width = max(stop - start, min(least, limit))
+    start = min(max(0, (start + stop - width) // 2), max(0, limit - width))
+    return start, min(limit, start + width)
+
+
+def _slide_patch(
+    instance: Any, image: str, path: str, polygons: list, name: str
+) -> tuple[str, tuple[int, int], tuple[int, int]]:
+    """The slide region the polygons cover (at least a training patch), added to the datastore as a PNG tile
+    (named as QuPath names patches).
+
+    Returns:
+        the new image id, the patch's level-0 top-left (x, y) and its (width, height).
+    """
+    import openslide
+
+    points = np.concatenate([p for _, p in polygons])
+    trainer = instance._trainers.get("carcinonet")
+    least = int(getattr(trainer, "patch_size", 1))  # a training patch at least, so tiles can share batches
+    with openslide.OpenSlide(path) as slide:
+        width, height = slide.dimensions
+        (x0, x1), (y0, y1) = (
+            _span(points[:, i].min(), points[:, i].max(), least, n) for i, n in enumerate((width, height))
+        )
+        if x1 - x0 < 1 or y1 - y0 < 1 or points[:, 0].min() >= width or points[:, 1].min() >= height:
+            raise ClientError(400, f"label {name}: its polygons lie outside slide {image!r} of {width} x {height} px")
+        w, h = x1 - x0, y1 - y0
+        check_region({"location": [x0, y0], "size": [w, h], "tile_size": [w, h]}, width, height, f"slide {image!r}",
+                     _limits(instance), True)  # fmt: skip
+        rgb = np.asarray(slide.read_region((x0, y0), 0, (w, h)).convert("RGB"))
+    fd, png = tempfile.mkstemp(suffix=".png")
+    os.close(fd)
+    try:
+        save_picture(rgb, png)
+        patch = f"{image}-patch-{x0}_{y0}_{w}_{h}"
+        info = {"source": image, "location": [x0, y0], "size": [w, h]}
+        return instance.datastore().add_image(patch, png, info), (x0, y0), (w, h)
+    finally:
+        remove_file(png)
+
+
 def _run_save_label(
     background_tasks: BackgroundTasks, image: str, params: dict[str, Any], tag: str, label: UploadFile
 ) -> Any:
@@ -352,24 +395,23 @@ def _run_save_label(
     width, height, is_slide = image_size(path, f"image {image!r}", _limits(instance).base_mpp)
     upload = _save_upload(label, background_tasks, ".png")
     name = label.filename or "label"
-    values = {name: i for i, name in enumerate(LABEL_NAMES)}  # NC 0, GG3 1, GG4 2, GG5 3
+    values = {n: i for i, n in enumerate(LABEL_NAMES)}  # NC 0, GG3 1, GG4 2, GG5 3
+    target = image
     if label_upload_kind(upload) == "xml":
-        if is_slide:
-            raise ClientError(
-                400,
-                f"label {name} annotates the whole slide {image!r}; carcinonet trains on tiles: save a patch and its "
-                "label (QuPath: Submit Label with a rectangle selected on an image the server does not hold)",
-            )
-        labels = rasterize_asap(upload, values, width, height, name)
+        polygons = read_asap(upload, values, name)
+        offset: tuple[int, int] = (0, 0)
+        if is_slide:  # carcinonet trains on tiles: the annotated region becomes one
+            target, offset, (width, height) = _slide_patch(instance, image, path, polygons, name)
+        labels = rasterize_asap(polygons, width, height, offset)
     else:
         labels = check_label_file(upload, name, image, (width, height), sorted(set(values.values())))
     fd, png = tempfile.mkstemp(suffix=".png")
     os.close(fd)
     save_picture(np.ascontiguousarray(labels), png)
     background_tasks.add_task(remove_file, png)
-    label_id = instance.datastore().save_label(image, png, tag or "final", params)
-    result = instance.on_save_label(image, label_id) or {}
-    return {**result, "image": image, "label": label_id}
+    label_id = instance.datastore().save_label(target, png, tag or "final", params)
+    result = instance.on_save_label(target, label_id) or {}
+    return {**result, "image": target, "label": label_id, **({"source": image} if target != image else {})}
 
 
 @router.put("/datastore/label")
@@ -378,9 +420,13 @@ async def save_label(
     image: str,
     params: str = Form("{}"),
     tag: str = "final",
-    label: UploadFile = _REQUIRED_FILE,
+    label: UploadFile = File(...),  # noqa: B008 - FastAPI declares form fields by defaults
 ) -> Any:
-    """A final label of a datastore image: a label map (0 NC, 1 GG3, 2 GG4, 3 GG5) or QuPath's ASAP XML."""
+    """A final label of a datastore image: a label map (0 NC, 1 GG3, 2 GG4, 3 GG5) or QuPath's ASAP XML.
+
+    An ASAP XML label of a whole slide (QuPath's Submit Label on an image the server holds) becomes a new tile,
+    ``<image>-patch-<x>_<y>_<w>_<h>``: the slide region its polygons cover, with their label map.
+    """
     try:
         parsed = json_field("params", params)
     except ClientError as err:
@@ -393,7 +439,7 @@ async def add_image(
     background_tasks: BackgroundTasks,
     image: str | None = None,
     params: str = Form("{}"),
-    file: UploadFile = _REQUIRED_FILE,
+    file: UploadFile = File(...),  # noqa: B008 - FastAPI declares form fields by defaults
 ) -> Any:
     """A new datastore image (QuPath uploads a patch as PNG)."""
     try:
@@ -415,8 +461,11 @@ def install_routes(app: FastAPI) -> None:
     ours = app.router.routes[before:]
     del app.router.routes[before:]
     app.router.routes[0:0] = ours
+    changed = getattr(app.router, "_mark_routes_changed", None)  # FastAPI >= 0.16x caches its route tables
+    if changed is not None:
+        changed()
     app.state.monai_disc_routes = True
-    logger.info(f"monai_disc routes in front of MONAI Label's: {sorted({r.path for r in ours})}")
+    logger.info(f"monai_disc routes in front of MONAI Label's: {sorted({r.path for r in router.routes})}")
 
 
 def _served_app() -> FastAPI:
