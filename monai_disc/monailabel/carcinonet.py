@@ -31,7 +31,7 @@ from ignite.engine import Events
 from monai.config import KeysCollection
 from monai.data import DataLoader, MetaTensor, WSIReader
 from monai.inferers import SimpleInferer
-from monai.transforms import AsDiscreted, MapTransform, SqueezeDimd, ToNumpyd
+from monai.transforms import AsDiscreted, MapTransform, RandSpatialCropd, SqueezeDimd, ToNumpyd
 from monai.utils import optional_import
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
@@ -309,7 +309,7 @@ class CarcinoNetTrain(BasicTrainTask):
         staging = os.path.join(os.path.dirname(self._published), f".{os.path.basename(self._published)}.staging")
         parser = bundle_config(bundle, "train")
         self._weight_decay = float(parser.get_parsed_content("weight_decay"))
-        #: side training crops tiles to (tiles below it are used whole)
+        #: side training crops tiles to (brought down to the smallest labelled tile)
         self.patch_size = int(parser.get_parsed_content("patch_size"))
         self._loss = parser.get_parsed_content("loss")
         self._train_transforms = parser.get_parsed_content("synthetic_preprocessing")  # the folder-format pipeline
@@ -384,7 +384,6 @@ class CarcinoNetTrain(BasicTrainTask):
 
     def _check_labels(self, datastore: Any, val_split: float) -> None:
         datalist = datastore.datalist()
-        cropped: dict[tuple[int, int], str] = {}  # tile size after the training crop -> one tile of that size
         for item in datalist:
             label, image = Path(item["label"]), Path(item["image"])
             try:
@@ -403,15 +402,6 @@ class CarcinoNetTrain(BasicTrainTask):
                     f"carcinonet: label {label} is not a single-channel map of values 0..{NUM_CLASSES - 1} of its "
                     f"image's {size[0]} x {size[1]} px (found shape {values.shape}, values {wrong or 'ok'})",
                 )
-            cropped.setdefault((min(size[0], self.patch_size), min(size[1], self.patch_size)), image.name)
-        if len(cropped) > 1:
-            (size_a, a), (size_b, b) = list(cropped.items())[:2]
-            raise ClientError(
-                400,
-                f"carcinonet: tiles {a} ({size_a[0]} x {size_a[1]} px) and {b} ({size_b[0]} x {size_b[1]} px) cannot "
-                f"share a batch: training crops tiles to {self.patch_size} px, so tiles must be at least that large "
-                "or all of one size",
-            )
         n_train = len(datalist) - (round(len(datalist) * val_split) if val_split > 0 else 0)
         if n_train < 2:
             raise ClientError(
@@ -472,6 +462,20 @@ class CarcinoNetTrain(BasicTrainTask):
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=True, num_workers=num_workers)
 
     def train_pre_transforms(self, context: Context) -> Any:
+        """The bundle's training pipeline, its crop brought down to the smallest labelled tile side (tiles of
+        several sizes, such as QuPath's patches, then share batches)."""
+        sides = []
+        for item in context.train_datalist:
+            with Image.open(item["image"]) as im:
+                sides.append(min(im.size))
+        side = min([self.patch_size, *sides])
+        for t in self._train_transforms.transforms:
+            if isinstance(t, RandSpatialCropd):
+                t.cropper.roi_size = (side, side)
+        if side < self.patch_size:
+            logger.info(
+                f"carcinonet: training crops of {side} px (the smallest labelled tile; patch_size {self.patch_size})"
+            )
         return self._train_transforms
 
     def val_pre_transforms(self, context: Context) -> Any:
