@@ -207,9 +207,14 @@ def _run_wsi(
         f"{region['tiles']} tile(s) of {region['tile_size']} px (caps: {limits.max_region_pixels} px, "
         f"{limits.max_region_tiles} tiles); progress per tile follows"
     )
-    return ml_wsi_infer.run_wsi_inference(
-        background_tasks, model, path, "", None, ml_wsi_infer.WSIInput(**request), out
-    )
+    try:
+        return ml_wsi_infer.run_wsi_inference(
+            background_tasks, model, path, "", None, ml_wsi_infer.WSIInput(**request), out
+        )
+    except Exception as err:  # a tile the slide cannot decode: the slide is named
+        if type(err).__module__.startswith("openslide"):
+            raise ClientError(400, f"cannot read slide {name}: {type(err).__name__}: {err}") from err
+        raise
 
 
 @router.post("/infer/wsi/{model}", include_in_schema=False)

@@ -18,10 +18,10 @@ def _slide_bytes(server) -> bytes:
 
 
 def _corrupt_tiles(data: bytes) -> bytes:
-    """The toy slide with the middle of its file (tile data) overwritten: its header still opens."""
+    """The toy slide with the middle half of its file (tile data) overwritten: its header still opens."""
     data = bytearray(data)
-    mid = len(data) // 2
-    data[mid : mid + 4096] = b"\xff\xd8\xff\xc0\x00\x01" * 682 + b"\x00\x00\x00\x00"
+    start, stop = len(data) // 4, 3 * len(data) // 4
+    data[start:stop] = (b"\xff\xd8\xff\xc0\x00\x01" * (len(data) // 12 + 1))[: stop - start]
     return bytes(data)
 
 
@@ -57,7 +57,8 @@ CASES = {
                                     ["'gone'", "not found"]),
     "unreadable slide upload": ("post", "/infer/wsi_v2/carcinonet?output=asap",
                                 lambda s: {"files": {"file": ("broken.tiff", _corrupt_tiles(_slide_bytes(s)))},
-                                           "data": {"wsi": json.dumps(REGION)}}, 400, ["broken.tiff"]),
+                                           "data": {"wsi": json.dumps({**REGION, "size": [0, 0]})}}, 400,
+                                ["broken.tiff", "OpenSlideError"]),
     "unsupported compression upload": ("post", "/infer/wsi_v2/carcinonet?output=asap",
                                        lambda s: {"files": {"file": ("c52479.tiff", _bad_compression(_slide_bytes(s)))},
                                                   "data": {"wsi": json.dumps(REGION)}}, 400, ["c52479.tiff"]),
