@@ -104,9 +104,11 @@ def _extract_features(args: argparse.Namespace) -> None:
 
     loader = None
     if args.wsi:
-        from monai_disc.data.wsi import SlideTileLoader, load_wsi_bags, read_tiling_settings
+        from monai_disc.data.wsi import SlideTileLoader, failed_slides, load_wsi_bags, read_tiling_settings
 
         bags = load_wsi_bags(args.wsi)
+        for slide_id, message in failed_slides(args.wsi):  # e.g. resolution tags not trusted: retile with --base-mpp
+            print(f"monai-disc extract-features: left out {slide_id}: {message}", file=sys.stderr)
         loader = SlideTileLoader(read_tiling_settings(args.wsi)["tile_size"])
     elif args.synthetic:
         bags = load_synthetic_bags(args.synthetic)

@@ -54,6 +54,7 @@ __all__ = [
     "SlideTiling",
     "close_slide",
     "detect_tissue",
+    "failed_slides",
     "load_wsi_bags",
     "open_slide",
     "plan_slide_tiles",
@@ -681,6 +682,16 @@ def load_wsi_bags(tiles_dir: str | os.PathLike) -> list[dict]:
             "or --labels CSV (slide_id, gleason_score) so their bags can be graded"
         )
     return bags
+
+
+def failed_slides(tiles_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(slide_id, message)`` of the slides a tiling folder recorded as ``error`` (such as a slide whose resolution
+    tags are not trusted), which :func:`load_wsi_bags` leaves out."""
+    path = Path(tiles_dir).expanduser() / WSI_MANIFEST
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [(row["slide_id"], row.get("message", "")) for row in csv.DictReader(f) if row.get("status") == "error"]
 
 
 class SlideTileLoader:

@@ -23,6 +23,7 @@ from monai_disc.data.tilesets import tile_loader
 from monai_disc.data.wsi import (
     SlideTileLoader,
     detect_tissue,
+    failed_slides,
     load_wsi_bags,
     open_slide,
     plan_slide_tiles,
@@ -250,6 +251,8 @@ def test_tile_slides_refuses_a_72_dpi_tiff_until_given_the_mpp(slides, tmp_path,
         in row["message"]
     )
     assert "editor72.tif" in capsys.readouterr().err
+    # extract-features --wsi leaves it out, naming it and the tag
+    assert [(sid, "XResolution=72.0" in msg) for sid, msg in failed_slides(tmp_path / "a")] == [("editor72", True)]
     assert main([*argv, "--out", str(tmp_path / "b"), "--base-mpp", str(MPP)]) == 0
     row = _manifest(tmp_path / "b")["editor72"]
     assert (row["status"], row["n_tiles"], row["mpp"]) == ("ok", "8", "0.5")
