@@ -59,7 +59,8 @@ class ServerLimits:
     Attributes:
         max_region_pixels: largest region (level-0 pixels, width x height) a slide request may cover.
         max_region_tiles: most tiles MONAI Label may split one region into.
-        infer_workers: inference requests computed at the same time; the others wait in line.
+        infer_workers: inference requests computed at the same time per model, regions and tiles each; the others
+            wait in line.
         region_workers: threads one region's tiles run on (the client's ``max_workers`` is ignored).
         base_mpp: level-0 um/px of slides whose resolution tags are missing or not trusted (None: refuse them).
     """

@@ -10,8 +10,9 @@ before MONAI Label's) and
   uploaded file, the region against the caps (413 naming the cap and the ``--conf`` key that raises it), label
   values and size, training parameters and labels. A refusal is a 4xx with a one-line ``detail`` naming the
   field, file, image id or model.
-- run the work in threads: inference in a pool of ``infer_workers`` threads (bounded: inference is compute
-  bound, and more at once only queue inside torch), everything else (datastore writes, training submission,
+- run the work in threads: inference in pools of ``infer_workers`` threads, one for each model's regions and
+  one for its tiles (bounded: inference is compute bound, and more at once only queue inside torch; apart, so
+  long regions or a generator's long sampling never hold up a tile), everything else (datastore writes, training submission,
   active learning) in anyio's default thread pool, so ``/info/``, datastore calls and small tiles are answered
   while a region runs.
 
@@ -78,11 +79,23 @@ def _limits(instance: Any) -> ServerLimits:
     return getattr(instance, "limits", None) or ServerLimits()
 
 
-def _infer_limiter(instance: Any) -> anyio.CapacityLimiter:
-    """The inference pool's limiter (made in the event loop at first use)."""
-    if "infer" not in _LIMITERS:
-        _LIMITERS["infer"] = anyio.CapacityLimiter(_limits(instance).infer_workers)
-    return _LIMITERS["infer"]
+def _infer_limiter(instance: Any, model: str, kind: str) -> anyio.CapacityLimiter:
+    """The limiter of a model's inference pool for ``kind`` ``"regions"`` or ``"tiles"`` (made at first use).
+
+    Each model has a pool of ``infer_workers`` threads for regions and one for tiles, so long regions, or a
+    generator's long sampling, never hold up a tile of another pool.
+
+    Raises:
+        HTTPException: 404 for an unknown model (no pool is made for it).
+    """
+    try:
+        _infer_task(instance, model)
+    except ClientError as err:
+        raise _fail(err) from None
+    pool = f"{model} {kind}"
+    if pool not in _LIMITERS:
+        _LIMITERS[pool] = anyio.CapacityLimiter(_limits(instance).infer_workers)
+    return _LIMITERS[pool]
 
 
 def _client_error(err: BaseException) -> ClientError | None:
@@ -233,7 +246,15 @@ async def infer_wsi(
         raise _fail(err) from None
     instance = app_instance()
     return await _work(
-        _run_wsi, background_tasks, model, image, session_id, None, wsi, output, limiter=_infer_limiter(instance)
+        _run_wsi,
+        background_tasks,
+        model,
+        image,
+        session_id,
+        None,
+        wsi,
+        output,
+        limiter=_infer_limiter(instance, model, "regions"),
     )
 
 
@@ -254,7 +275,15 @@ async def infer_wsi_v2(
         raise _fail(err) from None
     instance = app_instance()
     return await _work(
-        _run_wsi, background_tasks, model, image, session_id, file, parsed, output, limiter=_infer_limiter(instance)
+        _run_wsi,
+        background_tasks,
+        model,
+        image,
+        session_id,
+        file,
+        parsed,
+        output,
+        limiter=_infer_limiter(instance, model, "regions"),
     )
 
 
@@ -299,7 +328,7 @@ async def infer(
     instance = app_instance()
     return await _work(
         _run_infer, background_tasks, model, image, session_id, parsed, file, label, output,
-        limiter=_infer_limiter(instance),
+        limiter=_infer_limiter(instance, model, "tiles"),
     )  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """A bounded load test on 127.0.0.1: a region job, tile requests and /info/ at once. Nothing waits for an
 unrelated request, and concurrent answers equal serial ones.
 
-Bounded: 1 region (64 tiles of 64 px), 8 tile requests, 3 /info/ calls; every request times out after 120 s.
+Bounded: 1 region (64 tiles of 64 px), 8 tile requests, 3 /info/ calls, each sent twice (serial, then at once);
+every request times out after 120 s.
 """
 
 from __future__ import annotations
@@ -46,5 +47,6 @@ def test_info_and_tiles_answer_while_a_region_runs_and_match_serial(server, uplo
         region_annotations, region_done = region.result(timeout=120)
     # /info/ did not wait for the region (MONAI Label 0.8.5 alone answers it after the region)
     assert max(info_done) < region_done, "an /info/ call waited for the region job"
+    assert max(done for _, done in tile_results) < region_done, "a tile request waited for the region job"
     assert region_annotations == serial_region and "contours" in serial_region
     assert [content for content, _ in tile_results] == serial_tiles

@@ -190,7 +190,10 @@ def test_zz_training_as_qupath_starts_it(server, uploaded):
     assert r.status_code == 200, r.text
     run = r.json()["request"]["name"]
     deadline = time.monotonic() + 300
-    while (status := server.get("/train/").json())["status"] == "RUNNING" and time.monotonic() < deadline:
+    while (status := server.get("/train/").json())["status"] in (
+        "SUBMITTED",
+        "RUNNING",
+    ) and time.monotonic() < deadline:
         time.sleep(1)
     assert status["status"] == "DONE", status.get("details", [])[-5:]
     published = server.studies / "models" / "carcinonet.pt"
