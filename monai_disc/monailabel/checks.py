@@ -86,7 +86,8 @@ class ServerLimits:
             try:
                 value = kind(conf[key])
             except ValueError:
-                raise ValueError(f"--conf {key} must be a {kind.__name__}, got {conf[key]!r}") from None
+                what = "an integer" if kind is int else "a number"
+                raise ValueError(f"--conf {key} must be {what}, got {conf[key]!r}") from None
             if not value > 0:
                 raise ValueError(f"--conf {key} must be positive, got {conf[key]!r}")
             values[key] = value
