@@ -149,9 +149,10 @@ def image_size(path: str | os.PathLike, name: str, base_mpp: float | None = None
             raise ClientError(400, str(err)) from None
         return int(width), int(height), True
     try:
-        with Image.open(path) as im:
-            im.load()
-            return int(im.width), int(im.height), False
+        with Image.open(path) as im:  # the header and the chunks' checksums; nothing decoded before the caps
+            width, height = im.size
+            im.verify()
+            return int(width), int(height), False
     except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
         raise ClientError(400, f"cannot read image {name}: {type(err).__name__}: {err}") from None
 
