@@ -104,9 +104,11 @@ def _extract_features(args: argparse.Namespace) -> None:
 
     loader = None
     if args.wsi:
-        from monai_disc.data.wsi import SlideTileLoader, load_wsi_bags, read_tiling_settings
+        from monai_disc.data.wsi import SlideTileLoader, failed_slides, load_wsi_bags, read_tiling_settings
 
         bags = load_wsi_bags(args.wsi)
+        for slide_id, message in failed_slides(args.wsi):  # e.g. resolution tags not trusted: retile with --base-mpp
+            print(f"monai-disc extract-features: left out {slide_id}: {message}", file=sys.stderr)
         loader = SlideTileLoader(read_tiling_settings(args.wsi)["tile_size"])
     elif args.synthetic:
         bags = load_synthetic_bags(args.synthetic)
@@ -202,7 +204,10 @@ def _label_server(args: argparse.Namespace) -> None:
 
     from monai_disc.monailabel import server_command
 
-    cmd = server_command(args.studies, host=args.host, port=args.port, models=args.models, bundles=args.bundles)
+    cmd = server_command(
+        args.studies, host=args.host, port=args.port, models=args.models, bundles=args.bundles,
+        conf=dict(args.conf or []),
+    )  # fmt: skip
     env = {**os.environ, "BUNDLE_DOWNLOAD_SRC": "local"}  # no model-zoo lookups over the network
     if os.name == "posix":  # become the server: Ctrl+C and kill reach it directly
         os.execve(cmd[0], cmd, env)
@@ -302,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels after resizing")
     p.add_argument("--mpp", type=float, default=1.0, help="target resolution in um/px (1.0: SICAPv2's 10x)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="smallest tissue fraction of a kept tile")
-    p.add_argument("--base-mpp", type=float, default=None, help="level-0 um/px of slides whose metadata has none")
+    p.add_argument(
+        "--base-mpp", type=float, default=None,
+        help="level-0 um/px of slides whose metadata has none or is not trusted (72/96 dpi screen tags)",
+    )  # fmt: skip
     p.add_argument("--tissue", default="biopsy", choices=["biopsy", "clam"], help="tissue detection preset")
     p.add_argument("--labels", default=None, help="csv of slide_id, gleason_score (with --slides)")
     p.add_argument("--overwrite", action="store_true", help="start over in a folder tiled with other settings")
@@ -343,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--models", default="carcinonet,gleason_ldm", help="comma-separated models to serve")
     p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
+    p.add_argument(
+        "--conf", nargs=2, action="append", metavar=("KEY", "VALUE"),
+        help="an app setting, repeatable: max_region_pixels, max_region_tiles, infer_workers, region_workers, "
+        "base_mpp, min_poly_area, model_dir, gleason_ldm_max_size (docs/monailabel.md)",
+    )  # fmt: skip
     p.set_defaults(func=_label_server)
     return parser
 

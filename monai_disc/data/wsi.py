@@ -43,6 +43,8 @@ __all__ = [
     "LABEL_FRACTIONS",
     "MANIFEST_COLUMNS",
     "REF_PATCH_UM",
+    "SCANNER_MPP_RANGE",
+    "SCREEN_DPI",
     "SLIDE_EXTENSIONS",
     "THUMBNAILS_DIR",
     "TILING_SETTINGS",
@@ -52,13 +54,17 @@ __all__ = [
     "SlideTiling",
     "close_slide",
     "detect_tissue",
+    "failed_slides",
     "load_wsi_bags",
     "open_slide",
     "plan_slide_tiles",
     "read_coords",
     "read_tile",
     "read_tiling_settings",
+    "resolution_tags",
     "slide_mpp",
+    "slide_mpp_check",
+    "slide_resolution",
     "tile_slide",
     "write_coords",
 ]
@@ -83,6 +89,10 @@ TISSUE_PRESETS: dict[str, dict[str, Any]] = {
 # CLAM's reference patch is 512 level-0 pixels of a 40x slide (0.25 um/px): 128 um, so area filters mean the same
 # tissue area on slides of any resolution
 REF_PATCH_UM = 128.0
+#: level-0 resolutions scanners produce, um/px (100x oil about 0.1; a 1.25x overview about 8)
+SCANNER_MPP_RANGE: tuple[float, float] = (0.05, 10.0)
+#: resolution tags image editors and screen captures write by default, dots per inch
+SCREEN_DPI: tuple[float, ...] = (72.0, 96.0)
 _MPP_RTOL = 0.05  # a level within 5 % of the target counts as the target (as MONAI's mpp_rtol)
 _MAX_THUMB_DOWNSAMPLE = 64.0  # CLAM segments at the level nearest 64x
 _MIN_THUMB_PX_PER_TILE = 8.0  # a tile spans at least this many thumbnail pixels
@@ -229,30 +239,95 @@ def close_slide(wsi: Any) -> None:
         close()
 
 
-def slide_mpp(reader: Any, wsi: Any) -> float | None:
-    """Level-0 resolution in um/px from the slide's metadata, or None when it has none.
+def _tag_resolution(unit: Any, xres: Any, source: str) -> dict[str, Any]:
+    """um/px of a TIFF ``XResolution`` in ``unit`` ("inch"/"centimeter", or TIFF codes 2/3), with the tag text."""
+    unit = {2: "inch", 3: "centimeter", "2": "inch", "3": "centimeter"}.get(unit, unit)
+    unit = str(unit).lower() if unit is not None else None
+    tag = f"{source}XResolution={xres} {source}ResolutionUnit={unit}"
+    try:
+        dots = float(xres)
+    except (TypeError, ValueError):
+        return {"mpp": None, "tag": tag, "screen": False}
+    per_um = {"inch": 1.0 / 25400.0, "centimeter": 1e-4}.get(unit or "")  # dots per um
+    if per_um is None or not dots > 0 or not math.isfinite(dots):
+        return {"mpp": None, "tag": tag, "screen": False}
+    screen = unit == "inch" and any(abs(dots - d) < 0.5 for d in SCREEN_DPI)
+    return {"mpp": 1.0 / (dots * per_um), "tag": tag, "screen": screen}
 
-    OpenSlide's ``openslide.mpp-x`` (which OpenSlide also derives from TIFF resolution tags in centimetres or
-    inches); for tifffile, the first page's resolution tags in centimetres or inches.
+
+def resolution_tags(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """The level-0 resolution OpenSlide properties state, where it comes from, and whether it is a screen default.
+
+    A scanner's own metadata (``openslide.mpp-x`` of a vendor format) is what it states; a generic TIFF's comes
+    from its ``tiff.XResolution`` and ``tiff.ResolutionUnit`` tags, which image editors fill with 72 or 96 dpi.
+
+    Returns:
+        ``{"mpp": um/px or None, "tag": the tag text, "screen": True for 72/96 dpi in inches}``.
     """
+    if properties.get("openslide.vendor") in (None, "generic-tiff") and "tiff.XResolution" in properties:
+        return _tag_resolution(properties.get("tiff.ResolutionUnit"), properties["tiff.XResolution"], "tiff.")
+    value = properties.get("openslide.mpp-x")
+    try:
+        mpp = float(value) if value else None
+    except ValueError:
+        mpp = None
+    mpp = mpp if mpp and math.isfinite(mpp) and mpp > 0 else None
+    return {"mpp": mpp, "tag": f"openslide.mpp-x={value}", "screen": False}
+
+
+def slide_mpp_check(
+    properties: Mapping[str, Any], name: str | os.PathLike, base_mpp: float | None = None, key: str = "--base-mpp"
+) -> float:
+    """The level-0 um/px to use for a slide: its trusted metadata, else the user's ``base_mpp``.
+
+    Metadata is not trusted when it is a screen default (72 or 96 dpi in inches, no scanner's mpp) or lies outside
+    :data:`SCANNER_MPP_RANGE`; such a slide, or one without any, needs ``base_mpp``.
+
+    Args:
+        properties: OpenSlide-style properties (:func:`resolution_tags`), or ``{"mpp", "tag", "screen"}``.
+        name: the slide, for the message.
+        base_mpp: the user's level-0 um/px (used only where the metadata is missing or not trusted).
+        key: how the user gives ``base_mpp`` (named in the message).
+
+    Raises:
+        ValueError: no trusted resolution and no ``base_mpp`` (names the slide and the tag).
+    """
+    found = properties if "screen" in properties else resolution_tags(properties)
+    mpp, tag = found["mpp"], found["tag"]
+    low, high = SCANNER_MPP_RANGE
+    if mpp is not None and not found["screen"] and low <= mpp <= high:
+        return float(mpp)
+    if base_mpp is not None:
+        return float(base_mpp)
+    if mpp is None:
+        raise ValueError(
+            f"{name}: no resolution in its metadata (openslide.mpp-x or TIFF resolution tags); give {key} "
+            "(level-0 um/px)"
+        )
+    why = "a screen default" if found["screen"] else f"outside the {low:g}-{high:g} um/px scanners produce"
+    raise ValueError(f"{name}: resolution tag {tag} ({mpp:.4g} um/px) is {why}; give {key} (level-0 um/px)")
+
+
+def slide_resolution(reader: Any, wsi: Any) -> dict[str, Any]:
+    """:func:`resolution_tags` of an opened slide (OpenSlide properties, or the first TIFF page's tags)."""
     if reader.backend == "openslide":
-        value = wsi.properties.get("openslide.mpp-x")
-        try:
-            mpp = float(value) if value else None
-        except ValueError:
-            mpp = None
-        return mpp if mpp and math.isfinite(mpp) and mpp > 0 else None
-    page = wsi.pages[0]
-    tags = page.tags
-    unit = tags.get("ResolutionUnit")
-    per_um = {2: 1e-4 * 2.54, 3: 1e-4}.get(int(unit.value) if unit is not None else 0)  # inch, centimetre
-    res = tags.get("XResolution")
-    if per_um is None or res is None:
-        return None
+        return resolution_tags(wsi.properties)
+    tags = wsi.pages[0].tags
+    unit, res = tags.get("ResolutionUnit"), tags.get("XResolution")
+    if res is None:
+        return {"mpp": None, "tag": "no XResolution tag", "screen": False}
     num, den = res.value
-    if not num or not den:
-        return None
-    return 1.0 / (num / den * per_um)
+    dots = num / den if den else None
+    return _tag_resolution(int(unit.value) if unit is not None else None, dots, "")
+
+
+def slide_mpp(reader: Any, wsi: Any) -> float | None:
+    """Level-0 resolution in um/px that the slide's metadata states (trusted or not), or None when it has none.
+
+    OpenSlide's ``openslide.mpp-x`` (a generic TIFF's from its resolution tags in centimetres or inches); for
+    tifffile, the first page's resolution tags. :func:`slide_mpp_check` decides whether to trust it.
+    """
+    return slide_resolution(reader, wsi)["mpp"]
 
 
 def _level_info(reader: Any, wsi: Any) -> tuple[list[tuple[int, int]], list[float]]:
@@ -382,7 +457,8 @@ def plan_slide_tiles(
 
     Raises:
         FileNotFoundError: a missing slide or mask.
-        ValueError: a file no backend opens, a slide without resolution metadata and no ``base_mpp``, bad
+        ValueError: a file no backend opens, a slide without trusted resolution metadata (see
+            :func:`slide_mpp_check`) and no ``base_mpp``, bad
             arguments, a karolinska mask, or a mask of another size than the slide.
     """
     if tile_size < 1 or mpp <= 0 or not 0 <= min_tissue <= 1:
@@ -394,12 +470,7 @@ def plan_slide_tiles(
         panda_mask_to_labels(np.zeros((1, 1), np.uint8), provider)
     reader, wsi = open_slide(path, backend)
     try:
-        base = slide_mpp(reader, wsi) or base_mpp
-        if base is None:
-            raise ValueError(
-                f"{path}: no resolution in its metadata (openslide.mpp-x or TIFF resolution tags); give --base-mpp"
-            )
-        base = float(base)
+        base = slide_mpp_check(slide_resolution(reader, wsi), path, base_mpp)
         sizes, downsamples = _level_info(reader, wsi)
         height, width = sizes[0]
         step = max(1, int(round(tile_size * mpp / base)))
@@ -473,7 +544,8 @@ def tile_slide(
         tile_size: tile side after resizing, in pixels.
         mpp: target resolution in um/px (default 1.0: SICAPv2's 10x).
         min_tissue: smallest tissue fraction of a kept tile (0 keeps every tile touching tissue).
-        base_mpp: level-0 resolution for slides whose metadata has none (metadata wins when present).
+        base_mpp: level-0 resolution for slides whose metadata has none or one not trusted (a screen default of
+            72/96 dpi, or outside :data:`SCANNER_MPP_RANGE`); trusted metadata wins.
         mask: a PANDA radboud label mask of the slide (labels in its first channel); adds label fractions.
         provider: the mask's provider; ``"karolinska"`` masks are refused (not grade-resolved).
         tissue: a :data:`TISSUE_PRESETS` name (default ``"biopsy"``: PANDA and SICAPv2 are needle biopsies) or
@@ -610,6 +682,16 @@ def load_wsi_bags(tiles_dir: str | os.PathLike) -> list[dict]:
             "or --labels CSV (slide_id, gleason_score) so their bags can be graded"
         )
     return bags
+
+
+def failed_slides(tiles_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(slide_id, message)`` of the slides a tiling folder recorded as ``error`` (such as a slide whose resolution
+    tags are not trusted), which :func:`load_wsi_bags` leaves out."""
+    path = Path(tiles_dir).expanduser() / WSI_MANIFEST
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [(row["slide_id"], row.get("message", "")) for row in csv.DictReader(f) if row.get("status") == "error"]
 
 
 class SlideTileLoader:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 from monai_disc.bundles import REPO_BUNDLES
 
-__all__ = ["APP_DIR", "DEFAULT_MODELS", "REPO_BUNDLES", "server_command"]
+__all__ = ["APP_DIR", "DEFAULT_MODELS", "REPO_BUNDLES", "SERVER_APP", "server_command"]
 
 #: the app folder handed to ``monailabel start_server --app``
 APP_DIR: Path = Path(__file__).resolve().parent
+#: the ASGI app served: MONAI Label's, with the checked, threaded routes of ``server.py`` in front
+SERVER_APP = "monai_disc.monailabel.server:app"
 #: models served when ``--conf models`` is not given
 DEFAULT_MODELS: tuple[str, ...] = ("carcinonet", "gleason_ldm")
 
@@ -59,7 +61,7 @@ def server_command(
 
     pairs = {"models": models or ",".join(DEFAULT_MODELS), "bundles": str(bundles or REPO_BUNDLES), **(conf or {})}
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies)]
-    cmd += ["--host", str(host), "--port", str(int(port))]
+    cmd += ["--host", str(host), "--port", str(int(port)), "--uvicorn_app", SERVER_APP]
     for key, value in pairs.items():
         cmd += ["--conf", str(key), str(value)]
     return cmd

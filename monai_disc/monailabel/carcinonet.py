@@ -31,7 +31,7 @@ from ignite.engine import Events
 from monai.config import KeysCollection
 from monai.data import DataLoader, MetaTensor, WSIReader
 from monai.inferers import SimpleInferer
-from monai.transforms import AsDiscreted, MapTransform, SqueezeDimd, ToNumpyd
+from monai.transforms import AsDiscreted, MapTransform, RandSpatialCropd, SqueezeDimd, ToNumpyd
 from monai.utils import optional_import
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
@@ -40,11 +40,13 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.transform.writer import PolygonWriter
 from monailabel.utils.others.label_colors import get_color
+from PIL import Image
 from scipy.ndimage import binary_fill_holes
 from skimage.measure import approximate_polygon, find_contours
 
 from monai_disc.engines.evaluation import labelled_tile_transforms
 from monai_disc.labels import LABEL_COLORS, LABEL_NAMES, NUM_CLASSES, GleasonLabel
+from monai_disc.monailabel.checks import ClientError
 from monai_disc.monailabel.task_params import (
     SERVER_KEYS,
     WSI_KEYS,
@@ -307,6 +309,8 @@ class CarcinoNetTrain(BasicTrainTask):
         staging = os.path.join(os.path.dirname(self._published), f".{os.path.basename(self._published)}.staging")
         parser = bundle_config(bundle, "train")
         self._weight_decay = float(parser.get_parsed_content("weight_decay"))
+        #: side training crops tiles to (brought down to the smallest labelled tile)
+        self.patch_size = int(parser.get_parsed_content("patch_size"))
         self._loss = parser.get_parsed_content("loss")
         self._train_transforms = parser.get_parsed_content("synthetic_preprocessing")  # the folder-format pipeline
         bundle_weights = bundle_config(bundle, "inference").get_parsed_content("ckpt_path")
@@ -333,17 +337,81 @@ class CarcinoNetTrain(BasicTrainTask):
         )
         self._config.pop("name", None)  # each run gets its own folder unless the request names one
 
-    def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
+    def check_request(self, request: Mapping[str, Any], datastore: Any) -> dict[str, Any]:
+        """The training request with its parameters parsed, and the datastore's labels checked, before any run.
+
+        Raises:
+            ClientError: 400 for an unknown or invalid parameter (named), or labels training cannot use (the file
+                and the problem named).
+        """
+        known = set(self._config) | {"name", "model"}
+        unknown = sorted(k for k in request if k not in known)
+        if unknown:
+            raise ClientError(400, f"carcinonet: unknown training parameter(s) {unknown}; it takes {sorted(known)}")
+        try:
+            request = self.parse_request(request)
+        except ValueError as err:
+            raise ClientError(400, str(err)) from None
+        self._check_labels(datastore, request["val_split"])
+        return request
+
+    def parse_request(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The request with ``name`` set and every training parameter parsed and in range.
+
+        ``train_batch_size`` below 2 is raised to 2 (QuPath's Train dialog offers 1; CarcinoNet's pyramid-pooling
+        batch norm needs two samples).
+
+        Raises:
+            ValueError: an invalid value (the message names the parameter).
+        """
         request = dict(request)
         name = str(request.setdefault("name", time.strftime("run_%Y%m%d_%H%M%S")))
         if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name):
             raise ValueError(f"carcinonet: run name {name!r} must be a plain folder name (letters, digits, . _ -)")
         params = {**self._config, **request}
-        for name, low in (("max_epochs", 1), ("train_batch_size", 2), ("val_batch_size", 1)):
-            request[name] = as_int(name, params[name], low=low)
-        request["learning_rate"] = as_float("learning_rate", params["learning_rate"], low=0.0)
-        request["val_split"] = as_float("val_split", params["val_split"], low=0.0, high=0.9)
-        return super().__call__(request, datastore)
+        try:
+            batch = as_int("train_batch_size", params["train_batch_size"], low=1)
+            if batch < 2:
+                logger.info(f"carcinonet: train_batch_size {batch} raised to 2 (the network's batch norm needs two)")
+            request["train_batch_size"] = max(batch, 2)
+            for key, low in (("max_epochs", 1), ("val_batch_size", 1)):
+                request[key] = as_int(key, params[key], low=low)
+            request["learning_rate"] = as_float("learning_rate", params["learning_rate"], low=0.0)
+            request["val_split"] = as_float("val_split", params["val_split"], low=0.0, high=0.9)
+        except ValueError as err:
+            raise ValueError(f"carcinonet: {err}") from None
+        return request
+
+    def _check_labels(self, datastore: Any, val_split: float) -> None:
+        datalist = datastore.datalist()
+        for item in datalist:
+            label, image = Path(item["label"]), Path(item["image"])
+            try:
+                with Image.open(label) as im:
+                    values = np.asarray(im)
+                with Image.open(image) as im:
+                    size = im.size
+            except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
+                raise ClientError(
+                    400, f"carcinonet: cannot read label {label.name} or image {image.name}: {err}"
+                ) from None
+            wrong = sorted({int(v) for v in np.unique(values)} - set(range(NUM_CLASSES)))
+            if values.ndim != 2 or wrong or values.shape[::-1] != size:
+                raise ClientError(
+                    400,
+                    f"carcinonet: label {label} is not a single-channel map of values 0..{NUM_CLASSES - 1} of its "
+                    f"image's {size[0]} x {size[1]} px (found shape {values.shape}, values {wrong or 'ok'})",
+                )
+        n_train = len(datalist) - (round(len(datalist) * val_split) if val_split > 0 else 0)
+        if n_train < 2:
+            raise ClientError(
+                400,
+                f"carcinonet: training needs at least 2 tiles with final labels after val_split {val_split}; "
+                f"the datastore holds {len(datalist)} labelled tile(s)",
+            )
+
+    def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
+        return super().__call__(self.parse_request(request), datastore)
 
     def network(self, context: Context) -> torch.nn.Module:
         return bundle_config(self._bundle, "train").get_parsed_content("network_def")
@@ -394,6 +462,20 @@ class CarcinoNetTrain(BasicTrainTask):
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=True, num_workers=num_workers)
 
     def train_pre_transforms(self, context: Context) -> Any:
+        """The bundle's training pipeline, its crop brought down to the smallest labelled tile side (tiles of
+        several sizes, such as QuPath's patches, then share batches)."""
+        sides = []
+        for item in context.train_datalist:
+            with Image.open(item["image"]) as im:
+                sides.append(min(im.size))
+        side = min([self.patch_size, *sides])
+        for t in self._train_transforms.transforms:
+            if isinstance(t, RandSpatialCropd):
+                t.cropper.roi_size = (side, side)
+        if side < self.patch_size:
+            logger.info(
+                f"carcinonet: training crops of {side} px (the smallest labelled tile; patch_size {self.patch_size})"
+            )
         return self._train_transforms
 
     def val_pre_transforms(self, context: Context) -> Any:

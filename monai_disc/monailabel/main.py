@@ -6,12 +6,18 @@ Conf keys (``--conf key value``):
     model_dir: where trained weights go (default: ``<studies>/models``); the bundles are never written.
     min_poly_area: default smallest polygon (px) of ``wsi_v2`` results (default 80).
     gleason_ldm_max_size: largest mask side ``gleason_ldm`` accepts (default 1024).
+    max_region_pixels, max_region_tiles, infer_workers, region_workers, base_mpp: what one request may ask for and
+        how much runs at once (:class:`monai_disc.monailabel.checks.ServerLimits`).
+
+The HTTP routes of :mod:`monai_disc.monailabel.server` (requests checked first, work off the event loop) are put in
+front of MONAI Label's when the server starts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import monailabel
 from monailabel.config import settings
@@ -24,6 +30,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from monai_disc.monailabel import DEFAULT_MODELS
 from monai_disc.monailabel.carcinonet import GRADE_LABELS, CarcinoNetConfig
+from monai_disc.monailabel.checks import ServerLimits
 from monai_disc.monailabel.gleason_ldm import GleasonLDMConfig
 
 __all__ = ["MODEL_CONFIGS", "MONAIDiscApp"]
@@ -53,6 +60,7 @@ class MONAIDiscApp(MONAILabelApp):
         unknown = [m for m in names if m not in MODEL_CONFIGS]
         if unknown:
             raise ValueError(f"unknown model(s) {unknown}; this app serves {list(MODEL_CONFIGS)}")
+        self.limits = ServerLimits.from_conf(conf)
         local = not studies.startswith(("http://", "https://"))
         self.model_dir = conf.get("model_dir") or os.path.join(studies if local else app_dir, "models")
         os.makedirs(self.model_dir, exist_ok=True)
@@ -71,6 +79,14 @@ class MONAIDiscApp(MONAILabelApp):
             version="0.1.0",
             labels=list(GRADE_LABELS),
         )
+
+    def on_init_complete(self) -> None:
+        super().on_init_complete()
+        if "monailabel.app" in sys.modules:  # served (not a training subprocess): checked, threaded routes first
+            from monai_disc.monailabel.server import install_routes
+
+            install_routes(sys.modules["monailabel.app"].app)
+        logger.info(f"request limits: {self.limits}")
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):

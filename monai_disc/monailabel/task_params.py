@@ -149,6 +149,10 @@ def _number(name: str, value: Any, kind: str) -> float:
 
 def _within(name: str, number: Any, low: Any, high: Any) -> Any:
     if (low is not None and number < low) or (high is not None and number > high):
+        if high is None:
+            raise ValueError(f"parameter {name!r} must be at least {low}, got {number}")
+        if low is None:
+            raise ValueError(f"parameter {name!r} must be at most {high}, got {number}")
         raise ValueError(f"parameter {name!r} must lie in [{low}, {high}], got {number}")
     return number
 

@@ -23,6 +23,7 @@ from monai_disc.data.tilesets import tile_loader
 from monai_disc.data.wsi import (
     SlideTileLoader,
     detect_tissue,
+    failed_slides,
     load_wsi_bags,
     open_slide,
     plan_slide_tiles,
@@ -202,6 +203,59 @@ def test_resolution_comes_from_the_metadata_or_base_mpp(slides):
     assert _xy(tile_slide(untagged, 128, 1.0, base_mpp=MPP)) == _xy(tile_slide(slides["good"], 128, 1.0))
     # metadata wins over base_mpp
     assert _xy(tile_slide(slides["good"], 128, 1.0, base_mpp=0.25)) == _xy(tile_slide(slides["good"], 128, 1.0))
+
+
+@pytest.mark.parametrize(
+    "name, writer, unit, dpi, words",
+    [
+        ("editor72.tif", "pillow", "INCH", 72, ["XResolution=72", "inch", "352.8 um/px", "screen default"]),
+        ("screen96.tif", "pillow", "INCH", 96, ["XResolution=96", "264.6 um/px", "screen default"]),
+        ("tiled72.tif", "tifffile", "INCH", 72, ["tiff.XResolution=72", "inch", "352.8 um/px", "screen default"]),
+        ("tiled96.tif", "tifffile", "INCH", 96, ["tiff.XResolution=96", "screen default"]),
+        ("odd_cm.tif", "tifffile", "CENTIMETER", 200, ["XResolution=200", "centimeter", "50 um/px", "outside"]),
+    ],
+)
+def test_untrusted_resolution_tags_need_base_mpp(slides, tmp_path, name, writer, unit, dpi, words):
+    path = tmp_path / name
+    if writer == "pillow":  # as an image editor saves it: one strip image, dpi tags (OpenSlide refuses it)
+        Image.fromarray(slides["level0"]).save(path, dpi=(dpi, dpi))
+    else:  # tiled: OpenSlide opens it as generic-tiff and derives openslide.mpp-x from the tags
+        tifffile.imwrite(path, slides["level0"], photometric="rgb", tile=(256, 256), resolution=(dpi, dpi),
+                         resolutionunit=unit)  # fmt: skip
+    with pytest.raises(ValueError) as err:
+        tile_slide(path, 128, 1.0)
+    assert str(path) in str(err.value) and "--base-mpp" in str(err.value)
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+    assert _xy(tile_slide(path, 128, 1.0, base_mpp=MPP)) == _xy(tile_slide(slides["good"], 128, 1.0))
+
+
+def test_inch_tags_of_a_scanner_resolution_are_trusted(slides, tmp_path):
+    path = tmp_path / "inch.tif"
+    dpi = 25400 / MPP  # 0.5 um/px written in dots per inch
+    tifffile.imwrite(path, slides["level0"], photometric="rgb", tile=(256, 256), resolution=(dpi, dpi),
+                     resolutionunit="INCH")  # fmt: skip
+    plan = plan_slide_tiles(path, 128, 1.0)
+    assert plan.base_mpp == pytest.approx(MPP) and _xy(plan.tiles) == _xy(tile_slide(slides["good"], 128, 1.0))
+
+
+def test_tile_slides_refuses_a_72_dpi_tiff_until_given_the_mpp(slides, tmp_path, capsys):
+    path = tmp_path / "editor72.tif"
+    Image.fromarray(slides["level0"]).save(path, dpi=(72, 72))
+    argv = ["tile-slides", "--slides", str(path), "--tile-size", "128"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 1
+    row = _manifest(tmp_path / "a")["editor72"]
+    assert row["status"] == "error" and row["n_tiles"] == "0"
+    assert (
+        f"{path}: resolution tag XResolution=72.0 ResolutionUnit=inch (352.8 um/px) is a screen default"
+        in row["message"]
+    )
+    assert "editor72.tif" in capsys.readouterr().err
+    # extract-features --wsi leaves it out, naming it and the tag
+    assert [(sid, "XResolution=72.0" in msg) for sid, msg in failed_slides(tmp_path / "a")] == [("editor72", True)]
+    assert main([*argv, "--out", str(tmp_path / "b"), "--base-mpp", str(MPP)]) == 0
+    row = _manifest(tmp_path / "b")["editor72"]
+    assert (row["status"], row["n_tiles"], row["mpp"]) == ("ok", "8", "0.5")
 
 
 def test_untiled_tiffs_that_openslide_refuses_are_read_by_tifffile(slides):

@@ -3,17 +3,8 @@ label-server`, driven over HTTP the way QuPath's extension and curl drive it."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,122 +14,11 @@ from PIL import Image
 pytest.importorskip("monailabel", reason="the [monailabel] extra is not installed")
 requests = pytest.importorskip("requests")
 
-from monai_disc.data.toy import make_toy_sicapv2  # noqa: E402
+from label_client import GRADES, STEPS, png  # noqa: E402
+
 from monai_disc.monailabel import REPO_BUNDLES  # noqa: E402
 from monai_disc.networks.carcinonet import carcinonet_toy  # noqa: E402
-from monai_disc.transforms import sicapv2_tile_transforms  # noqa: E402
 from monai_disc.visualize import save_picture, to_uint8  # noqa: E402
-
-GRADES = {"GG3": 1, "GG4": 2, "GG5": 3}
-STEPS = 5  # DDIM steps of the gleason_ldm requests: enough to tell seeds apart, quick on one core
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-class Server:
-    def __init__(self, url: str, root: Path, studies: Path, toy: Path, slide_mask: np.ndarray) -> None:
-        self.url, self.root, self.studies, self.toy, self.slide_mask = url, root, studies, toy, slide_mask
-
-    def get(self, path: str, **kw):
-        return requests.get(self.url + path, timeout=120, **kw)
-
-    def post(self, path: str, **kw):
-        return requests.post(self.url + path, timeout=300, **kw)
-
-    def put(self, path: str, **kw):
-        return requests.put(self.url + path, timeout=120, **kw)
-
-
-def _labelled_tiles(toy: Path, n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The first ``n`` toy tiles with a grade: (name, RGB uint8, labels 0..3 snapped from the SICAPv2 JPEG mask)."""
-    load = sicapv2_tile_transforms()
-    out = []
-    for path in sorted((toy / "images").glob("*.jpg")):
-        item = load({"image": str(path), "mask": str(toy / "masks" / path.name)})
-        labels = item["mask"][0].numpy().astype(np.uint8)
-        if labels.any():
-            out.append((path.stem, to_uint8(item["image"]), labels))
-        if len(out) == n:
-            return out
-    raise AssertionError(f"the toy set has fewer than {n} tiles with a grade")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("label_server")
-    toy = make_toy_sicapv2(
-        root / "toy", n_slides=5, tile_size=64, seed=0, tiles_per_slide=(2, 3), n_wsi=3, wsi_size=(512, 512)
-    )
-    studies = root / "studies"
-    studies.mkdir()
-    # the toy slide with the most graded tissue (radboud mask values 3..5) is the slide QuPath would open
-    best = None
-    for image in sorted((toy / "panda" / "train_images").glob("*.tiff")):
-        mask_path = toy / "panda" / "train_label_masks" / f"{image.stem}_mask.tiff"
-        with Image.open(mask_path) as m:
-            mask = np.asarray(m.convert("RGB"))[..., 0]
-        if best is None or (mask >= 3).sum() > (best[1] >= 3).sum():
-            best = (image, mask)
-    shutil.copy(best[0], studies / "slide.tiff")
-
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "monai_disc.apps.cli", "label-server", "--studies", str(studies), "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited ({proc.returncode}):\n{(root / 'server.log').read_text()[-3000:]}")
-            try:
-                if requests.get(url + "/info/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not up after 180 s:\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield Server(url, root, studies, toy, best[1])
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def uploaded(server):
-    """Four graded toy tiles put into the datastore over HTTP, each with its final label (PNG 0..3)."""
-    tiles = _labelled_tiles(server.toy, 4)
-    for name, rgb, labels in tiles:
-        r = server.put(f"/datastore/image?image={name}", files={"file": (f"{name}.png", _png(rgb), "image/png")})
-        assert r.status_code == 200, r.text
-        r = server.put(
-            f"/datastore/label?image={name}&tag=final",
-            files={"label": (f"{name}.png", _png(labels), "image/png")},
-        )
-        assert r.status_code == 200, r.text
-    return tiles
 
 
 def test_info_lists_models_labels_and_types(server):
@@ -241,36 +121,6 @@ def test_wsi_v2_polygons_lie_in_the_region_with_one_grade_each(server, uploaded)
     assert r.status_code == 200 and b"<ASAP_Annotations>" in r.content
 
 
-def test_training_one_epoch_writes_new_weights_and_keeps_labels(server, uploaded):
-    label_dir = server.studies / "labels" / "final"
-    before = {p.name: _sha(p) for p in label_dir.glob("*.png")}
-    bundle_weights = REPO_BUNDLES / "carcinonet" / "models" / "model.pt"
-    bundle_sha = _sha(bundle_weights)
-    params = {"max_epochs": 1, "train_batch_size": 2, "learning_rate": 1e-3, "val_split": 0.25, "name": "run_test"}
-    r = server.post("/train/carcinonet?run_sync=true", json=params)
-    assert r.status_code == 200, r.text
-    assert r.json()["epoch"] == 1, r.json()
-    published = server.studies / "models" / "carcinonet.pt"
-    assert published.is_file() and (server.studies / "models" / "carcinonet" / "run_test" / "model.pt").is_file()
-    assert not (server.studies / "models" / ".carcinonet.pt.staging").exists()
-    new = torch.load(published, map_location="cpu", weights_only=True)
-    new = new.get("model", new)
-    old = torch.load(bundle_weights, map_location="cpu", weights_only=True)
-    assert set(new) == set(old)
-    assert any(not torch.equal(new[k], old[k]) for k in old if old[k].is_floating_point())
-    assert _sha(bundle_weights) == bundle_sha
-    assert {p.name: _sha(p) for p in label_dir.glob("*.png")} == before
-    # inference now serves the new version: the bundle's network with the published weights
-    name, rgb, _ = uploaded[0]
-    r = server.post(f"/infer/carcinonet?image={name}&output=image")
-    assert r.status_code == 200, r.text
-    network = carcinonet_toy()
-    network.load_state_dict(new)
-    with torch.no_grad():
-        logits = network.eval()(torch.as_tensor(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1.0)
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), logits.argmax(1)[0].numpy())
-
-
 def _paint(server, mask_png: bytes, **params):
     r = server.post(
         "/infer/gleason_ldm?output=image",
@@ -286,7 +136,7 @@ def test_gleason_ldm_tile_follows_seed_and_equals_python_api(server, uploaded, g
     from monai_disc.inferers import DEFAULT_GENERATOR, load_generator
 
     labels = uploaded[1][2]
-    mask = _png(labels)
+    mask = png(labels)
     named = {} if generator is None else {"generator": generator}
     first = _paint(server, mask, **named, num_inference_steps=STEPS, seed=1)
     again = _paint(server, mask, **named, num_inference_steps=STEPS, seed=1)
@@ -304,18 +154,18 @@ def test_gleason_ldm_tile_follows_seed_and_equals_python_api(server, uploaded, g
 def test_gleason_ldm_reads_sicapv2_mask_values(server, uploaded):
     labels = uploaded[1][2]
     sicapv2 = np.array([0, 3, 4, 5], dtype=np.uint8)[labels]
-    a = _paint(server, _png(labels), num_inference_steps=STEPS, seed=3)
-    b = _paint(server, _png(sicapv2), num_inference_steps=STEPS, seed=3, mask_values="sicapv2")
+    a = _paint(server, png(labels), num_inference_steps=STEPS, seed=3)
+    b = _paint(server, png(sicapv2), num_inference_steps=STEPS, seed=3, mask_values="sicapv2")
     assert a == b
 
 
 BAD = {
     "corrupt upload": ("carcinonet", b"not a picture", {}, "cannot read image file"),
-    "mask values": ("gleason_ldm", _png(np.full((64, 64), 7, np.uint8)), {}, "mask value 7"),
-    "mask size": ("gleason_ldm", _png(np.zeros((72, 72), np.uint8)), {}, "multiples of 16"),
-    "unknown param": ("gleason_ldm", _png(np.zeros((64, 64), np.uint8)), {"steps": 5}, "unknown parameter"),
-    "unknown generator": ("gleason_ldm", _png(np.zeros((64, 64), np.uint8)), {"generator": "gan"}, "'generator'"),
-    "bad seed": ("gleason_ldm", _png(np.zeros((64, 64), np.uint8)), {"seed": "abc"}, "'seed'"),
+    "mask values": ("gleason_ldm", png(np.full((64, 64), 7, np.uint8)), {}, "mask value 7"),
+    "mask size": ("gleason_ldm", png(np.zeros((72, 72), np.uint8)), {}, "multiples of 16"),
+    "unknown param": ("gleason_ldm", png(np.zeros((64, 64), np.uint8)), {"steps": 5}, "unknown parameter"),
+    "unknown generator": ("gleason_ldm", png(np.zeros((64, 64), np.uint8)), {"generator": "gan"}, "'generator'"),
+    "bad seed": ("gleason_ldm", png(np.zeros((64, 64), np.uint8)), {"seed": "abc"}, "'seed'"),
 }
 
 
