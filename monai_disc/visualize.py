@@ -147,6 +147,7 @@ def save_grid(
     title: str | None = None,
     zoom: int = 1,
     legend_note: str | None = None,
+    text_px: int | None = None,
 ) -> Path:
     """Save rows of pictures as one image (written atomically: temp file then rename).
 
@@ -162,6 +163,7 @@ def save_grid(
         title: optional line above everything.
         zoom: integer magnification of every picture (nearest), for small tiles.
         legend_note: a line under the legend's swatches (:data:`OVERLAY_NOTE` where a column is an overlay).
+        text_px: text size in px; None sizes it to the cells (:func:`text_size`).
 
     Returns:
         The written path.
@@ -180,7 +182,7 @@ def save_grid(
     cell_h = max(p.shape[0] for r in pics for p in r)
     cell_w = max(p.shape[1] for r in pics for p in r)
     width = n_cols * cell_w + (n_cols + 1) * pad
-    size = text_size(cell_w)
+    size = int(text_px) if text_px else text_size(cell_w)
     f = font(size)
     title_lines = _wrap(str(title), f, width - 2 * pad) if title else []
     top = int(1.5 * size) * len(title_lines)

@@ -309,7 +309,7 @@ def _plot_paired(arms: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
         ax.bar(range(len(names)), values.mean(axis=1), color=["0.75", "tab:blue"][: len(names)], width=0.5,
                label="mean over seeds")  # fmt: skip
         for k in range(values.shape[1]):
-            ax.plot(range(len(names)), values[:, k], marker="o", color="black", alpha=0.6, lw=1,
+            ax.plot(range(len(names)), values[:, k], marker="o", color="black", alpha=0.6, lw=1, clip_on=False,
                     label="one seed (same real slides and initialisation)" if k == 0 else None)  # fmt: skip
         ax.set_xticks(range(len(names)), names)
         low = float(np.nanmin(values))
@@ -364,7 +364,7 @@ def _whole_slides(panda: Path, out: Path, bundles_dir: str | os.PathLike | None,
     save_grid(
         [[np.asarray(thumbnail)]], out / "panda_slide.png",
         title=f"toy PANDA slide {shown['slide_id'][:8]} ({shown['provider']}, {'+'.join(shown['truth'])}): tissue "
-        f"and the {tiles.get(shown['slide_id'], 0)} tiles TransMIL reads",
+        f"and the {tiles.get(shown['slide_id'], 0)} tiles TransMIL reads", text_px=16,
     )  # fmt: skip
     print(f"{len(readings)} slides in {time.perf_counter() - start:.0f} s (too few for an AUROC: "
           f"`monai-disc evaluate-slides` scores a real PANDA set); picture: {out / 'panda_slide.png'}")  # fmt: skip
