@@ -267,3 +267,22 @@ def test_ramp_weights_beside_glass_are_normalised_not_shrunk():
         for blend in ("ramp", "uniform")
     )
     torch.testing.assert_close(ramp[:, :, :16], plain[:, :, :16], atol=1e-5, rtol=0)
+
+
+def test_regions_run_in_the_window_samplers_precision_and_layout():
+    # the GPU path (bf16 autocast, channels-last weights), exercised on the CPU: every window evaluation runs in
+    # bfloat16, the solver steps the float32 latent, and the region stays near the float32 one
+    fast = load_generator("sd", BUNDLES, num_inference_steps=3, dtype="bf16", channels_last=True)
+    plain = load_generator("sd", BUNDLES, num_inference_steps=3)
+    mask = _mask(64, 128, seed=1)
+    dtypes = []
+    hook = fast.denoiser.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    try:
+        low = RegionSampler(fast.sampler).sample_latent(mask, fast.autoencoder, fast.denoiser, seed=0)
+    finally:
+        hook.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16} and low.dtype == torch.float32
+    assert fast.denoiser.unet.conv_in.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    full = RegionSampler(plain.sampler).sample_latent(mask, plain.autoencoder, plain.denoiser, seed=0)
+    difference = (low - full).abs().mean() / full.abs().mean()
+    assert 0 < difference < 0.05
