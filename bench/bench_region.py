@@ -91,6 +91,8 @@ EDGE_RULES = {  # rules of the same sampling cost (81 windows per 512 px and ste
     "average, overlap 2, decoded with overlap 8": {"mode": "average", "overlap": 2, "decode_overlap": 8},
     "shift, overlap 2, ramps (random offsets per step)": {"mode": "shift", "overlap": 2, "decode_overlap": 2},
     "shift, overlap 2, decoded with overlap 8": {"mode": "shift", "overlap": 2, "decode_overlap": 8},
+    "average, overlap 2, decoded with overlap 4": {"mode": "average", "overlap": 2, "decode_overlap": 4},
+    "shift, overlap 2, decoded with overlap 4": {"mode": "shift", "overlap": 2, "decode_overlap": 4},
 }
 
 
@@ -114,10 +116,14 @@ def edge_ratios(image: np.ndarray, edges: list[int]) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def edges_table(size: int, n_masks: int, steps: int | None, seed: int, generator: str) -> str:
+def edges_table(
+    size: int, n_masks: int, steps: int | None, seed: int, generator: str, rules: list[str] | None = None
+) -> str:
     gen = load_generator(generator, BUNDLES, num_inference_steps=steps)
+    ruler = load_weights(carcinonet_toy(), BUNDLES / "carcinonet" / "models" / "model.pt")
     sampler = gen.sampler
     lines = window_edges(size, RegionSampler(sampler))
+    mious: dict[str, list[float]] = {}
     rows: dict[str, list[tuple[float, float]]] = {}
     seams: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
@@ -134,10 +140,13 @@ def edges_table(size: int, n_masks: int, steps: int | None, seed: int, generator
         rows.setdefault("real tissue through the region decoder", []).append(edge_ratios(decoded, lines))
         seams.setdefault("real tissue through the region decoder", []).append(seam_ratio(decoded))
         for name, options in EDGE_RULES.items():
+            if rules and name not in rules:
+                continue
             region = RegionSampler(sampler, window_batch_size=32, **options)
             image, took = _timed(region.sample, torch.from_numpy(mask), gen.autoencoder, gen.denoiser, seed + m)
             rows.setdefault(name, []).append(edge_ratios(image, lines))
             seams.setdefault(name, []).append(seam_ratio(image))
+            mious.setdefault(name, []).append(ruler_miou(ruler, image, mask))
             seconds[name] = seconds.get(name, 0.0) + took
     evaluations = RegionSampler(sampler).num_evaluations
     solver = type(gen.ldm_sampler.scheduler).__name__
@@ -145,13 +154,15 @@ def edges_table(size: int, n_masks: int, steps: int | None, seed: int, generator
         f"{n_masks} masks of {size} px, generator {gen.name}, {solver} {gen.ldm_sampler.num_inference_steps} steps "
         f"({evaluations} evaluations per window); {len(lines)} window edge lines per direction",
         "",
-        "| drawing | rows: edges / elsewhere | columns: edges / elsewhere | seam ratio (64 px lines) | s / region |",
-        "|---|---|---|---|---|",
+        "| drawing | rows: edges / elsewhere | columns: edges / elsewhere | seam ratio (64 px lines) | ruler mIoU "
+        "| s / region |",
+        "|---|---|---|---|---|---|",
     ]
     for name, values in rows.items():
         r, c = np.mean([v[0] for v in values]), np.mean([v[1] for v in values])
         took = f"{seconds[name] / n_masks:.1f}" if name in seconds else ""
-        out.append(f"| {name} | {r:.3f} | {c:.3f} | {np.mean(seams[name]):.3f} | {took} |")
+        miou = f"{np.mean(mious[name]):.3f}" if name in mious else ""
+        out.append(f"| {name} | {r:.3f} | {c:.3f} | {np.mean(seams[name]):.3f} | {miou} | {took} |")
     return "\n".join(out)
 
 
@@ -366,6 +377,7 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=2)
     parser.add_argument("--num-inference-steps", type=int, default=20)
     parser.add_argument("--edges", action="store_true", help="seams at window edges, rows and columns, at the default")
+    parser.add_argument("--edge-rules", nargs="+", default=None, choices=list(EDGE_RULES), metavar="RULE")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory", action="store_true", help="measure peak memory per region size instead")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
@@ -387,7 +399,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.edges:
         steps = args.num_inference_steps if "--num-inference-steps" in sys.argv else None
-        print(edges_table(args.size, args.masks, steps, args.seed, args.generator))
+        print(edges_table(args.size, args.masks, steps, args.seed, args.generator, args.edge_rules))
     elif args.memory_child:
         _memory_child(args.memory_child, args.num_inference_steps, args.mode)
     elif args.memory:
