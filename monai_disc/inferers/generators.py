@@ -70,6 +70,13 @@ GENERATORS: dict[str, GeneratorEntry] = {
         "gleason_ldm/models/model_gd2.pt",
         options={"solver": "ddim-leading", "num_inference_steps": 2},
     ),
+    # the same student in one evaluation: its second step (at t = 1) moves the latent little, so one DDIM step from
+    # its first timestep (t = 501) straight to t = 0 reads the same (docs/generators.md, "Evaluations per tile")
+    "gd1": GeneratorEntry(
+        "SD-GD, 1-step student",
+        "gleason_ldm/models/model_gd2.pt",
+        options={"solver": "ddim-middle", "num_inference_steps": 1},
+    ),
 }
 #: the generator a door uses when none is named (slide and region generation, the demo, the MONAI Label model, the
 #: bundles): the one that follows its masks best at plain SD's cost (docs/generators.md, "Guidance distilled:

@@ -9,7 +9,7 @@ every door (the fewest network evaluations within seed noise of SD-GD at 50 DDIM
 
 - ``ddim``: MONAI's DDIM (its linspace grid), stateless: windows of its grid (SD-SC's ``fuse_step``) and
   band-wise steps (regions) are exact. ``ddim-leading`` / ``ddim-trailing``: the CompVis / diffusers grids, whose
-  steps land on the next grid point.
+  steps land on the next grid point; ``ddim-middle``: one step from t = 501 (a 1-step student's grid).
 - ``plms``: PLMS (pseudo linear multistep) with its second timestep repeated (:class:`PLMSScheduler`). MONAI's
   ``PNDMScheduler(skip_prk_steps=True)`` spends its second network call re-doing the first step (a Heun
   correction) but does not repeat that timestep in its grid, so from the third call on the network is told a
@@ -60,7 +60,7 @@ DEFAULT_SOLVER = "plms"
 #: on two more seed sets (DDIM 50: 0.638 / 0.655), 12x less work (docs/generators.md, "Evaluations per tile").
 DEFAULT_NUM_INFERENCE_STEPS = 3
 
-DDIM_SPACINGS: tuple[str, ...] = ("linspace", "leading", "trailing")
+DDIM_SPACINGS: tuple[str, ...] = ("linspace", "leading", "trailing", "middle")
 
 
 class SpacedDDIMScheduler(DDIMScheduler):
@@ -69,6 +69,9 @@ class SpacedDDIMScheduler(DDIMScheduler):
     MONAI spaces its grid by ``(T - 1 - offset) / (n - 1)`` (``"linspace"``) but steps back by ``T // n``, so the
     step from one grid point lands beside the next. ``"leading"`` (CompVis: ``offset + k T // n``) and
     ``"trailing"`` (``T - 1 - k T // n``, from the noisiest timestep) are grids whose steps land on the next point.
+    ``"middle"`` is one step from the middle of the schedule (``T // 2 + offset``) to the end: the first step of the
+    2-step leading grid taken straight to t = 0, a better-conditioned single step for a distilled student than
+    one from ``T - 1`` (whose noise prediction is amplified ``1 / sqrt(alpha-bar)``, about 15x, into the latent).
 
     Args:
         timestep_spacing: ``"linspace"``, ``"leading"`` or ``"trailing"``.
@@ -81,8 +84,9 @@ class SpacedDDIMScheduler(DDIMScheduler):
     def __init__(self, timestep_spacing: str = "linspace", **kwargs: Any) -> None:
         if timestep_spacing not in DDIM_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {DDIM_SPACINGS}, got {timestep_spacing!r}.")
-        self.timestep_spacing = timestep_spacing
+        self.timestep_spacing = "linspace"  # MONAI's __init__ sets a grid of T steps
         super().__init__(**kwargs)
+        self.timestep_spacing = timestep_spacing
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """The grid of ``num_inference_steps`` steps by :attr:`timestep_spacing`."""
@@ -92,6 +96,10 @@ class SpacedDDIMScheduler(DDIMScheduler):
             grid = torch.arange(num_inference_steps - 1, -1, -1) * ratio + self.steps_offset
         elif self.timestep_spacing == "trailing":
             grid = torch.arange(self.num_train_timesteps, 0, -ratio)[:num_inference_steps] - 1
+        elif self.timestep_spacing == "middle":
+            if num_inference_steps != 1:
+                raise ValueError(f"the 'middle' grid is one step, got num_inference_steps={num_inference_steps}.")
+            grid = torch.tensor([self.num_train_timesteps // 2 + self.steps_offset])
         else:
             return
         self.timesteps = grid.long().to(device)
@@ -164,6 +172,7 @@ SOLVERS: dict[str, Callable[..., Scheduler]] = {
     "ddim": ddim_scheduler,
     "ddim-leading": lambda **kw: ddim_scheduler("leading", **kw),
     "ddim-trailing": lambda **kw: ddim_scheduler("trailing", **kw),
+    "ddim-middle": lambda **kw: ddim_scheduler("middle", **kw),
     "plms": plms_scheduler,
 }
 

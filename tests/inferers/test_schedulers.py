@@ -173,6 +173,12 @@ def test_solvers_by_name_and_their_grids():
     leading.set_timesteps(2)
     trailing.set_timesteps(2)
     assert leading.timesteps.tolist() == [501, 1] and trailing.timesteps.tolist() == [999, 499]
+    middle = make_scheduler("ddim-middle")
+    middle.set_timesteps(1)
+    assert middle.timesteps.tolist() == [501]  # one step from the middle of the schedule to its end
+    with pytest.raises(ValueError, match="'middle' grid is one step"):
+        middle.set_timesteps(2)
+    assert entry_sampler("gd1").num_inference_steps == 1 and entry_sampler("gd1").scheduler.timestep_spacing == "middle"
     assert is_stateless(leading) and not is_stateless(make_scheduler("plms"))
     with pytest.raises(ValueError, match="unknown solver 'dpm'.*ddim"):
         make_scheduler("dpm")
