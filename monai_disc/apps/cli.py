@@ -269,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="average", choices=["average", "shift"], help="how windows agree per step")
     p.set_defaults(func=_generate_region)
 
-    p = sub.add_parser("compare-generators", help="SD, SD-SC, SD-DISC, SD-DISC-CoTrain on the same masks and seeds")
+    p = sub.add_parser(
+        "compare-generators", help="every registered generator, each at its own solver, on the same masks and seeds"
+    )
     p.add_argument("--data", required=True, help="SICAPv2 root whose held-out masks condition the generators")
     p.add_argument("--out", required=True, help="output folder: compare.md, compare.json, compare_grid.png")
     _add_sampling(p, generator=False)
