@@ -18,6 +18,12 @@ tissue), with the shipped toy networks (64 px windows):
     PYTHONPATH=$PWD python bench/bench_region.py --size 512 --masks 2 --num-inference-steps 20
     PYTHONPATH=$PWD python bench/bench_region.py --memory --sizes 1024 2048 4096 --num-inference-steps 1 --repeats 3
     PYTHONPATH=$PWD python bench/bench_region.py --picture docs/images --size 2048 --mode shift
+    PYTHONPATH=$PWD python bench/bench_region.py --edges --generator gd --masks 4   # the default sampler
+
+``--edges`` reads the seams where they would be, at the default generator and sampler (each generator's own solver
+and steps unless ``--num-inference-steps`` is given): the mean |gradient| across the lines where sampling windows
+begin or end over that across all other lines, rows (horizontal lines) and columns apart, for window rules of the
+same cost, with real toy tissue read on the same lines as the reference.
 
 Measured on a shared 2-core CPU: docs/generators.md ("Regions of any size") has the table.
 """
@@ -39,7 +45,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from monai_disc.data.toy import draw_mask, draw_tissue
-from monai_disc.inferers import GENERATORS, RegionSampler, load_generator
+from monai_disc.inferers import GENERATORS, RegionSampler, load_generator, window_starts
 from monai_disc.labels import NUM_CLASSES
 from monai_disc.metrics.pixel import PixelGradingMetric
 from monai_disc.networks import carcinonet_toy, load_weights
@@ -78,6 +84,86 @@ def seam_ratio(image: np.ndarray, period: int = TILE) -> float:
     on = np.concatenate([dx[:, cut_x].ravel(), dy[cut_y].ravel()]).mean()
     off = np.concatenate([dx[:, ~cut_x].ravel(), dy[~cut_y].ravel()]).mean()
     return float(on / off)
+
+
+EDGE_RULES = {  # rules of the same sampling cost (81 windows per 512 px and step): where their window edges show
+    "average, overlap 2, ramps (default)": {"mode": "average", "overlap": 2, "decode_overlap": 2},
+    "average, overlap 2, decoded with overlap 8": {"mode": "average", "overlap": 2, "decode_overlap": 8},
+    "shift, overlap 2, ramps (random offsets per step)": {"mode": "shift", "overlap": 2, "decode_overlap": 2},
+    "shift, overlap 2, decoded with overlap 8": {"mode": "shift", "overlap": 2, "decode_overlap": 8},
+    "average, overlap 2, decoded with overlap 4": {"mode": "average", "overlap": 2, "decode_overlap": 4},
+    "shift, overlap 2, decoded with overlap 4": {"mode": "shift", "overlap": 2, "decode_overlap": 4},
+}
+
+
+def window_edges(length: int, region: RegionSampler, factor: int = 4) -> list[int]:
+    """Pixel lines where a fixed-grid rule's windows (and decoded chunks) begin or end, inside the region."""
+    starts = window_starts(length // factor, region.window, region.window - region.overlap)
+    lines = {s * factor for s in starts} | {(s + region.window) * factor for s in starts}
+    return sorted(e for e in lines if 0 < e < length)
+
+
+def edge_ratios(image: np.ndarray, edges: list[int]) -> tuple[float, float]:
+    """(rows, columns): mean |gradient| across the given lines over the mean across all other lines; a line e lies
+    between pixel e - 1 and pixel e."""
+    grey = image.astype(np.float32).mean(axis=2)
+    out = []
+    for axis in (0, 1):
+        d = np.moveaxis(np.abs(np.diff(grey, axis=axis)), axis, 0)  # lines first
+        on = np.zeros(d.shape[0], bool)
+        on[[e - 1 for e in edges]] = True
+        out.append(float(d[on].mean() / d[~on].mean()))
+    return out[0], out[1]
+
+
+def edges_table(
+    size: int, n_masks: int, steps: int | None, seed: int, generator: str, rules: list[str] | None = None
+) -> str:
+    gen = load_generator(generator, BUNDLES, num_inference_steps=steps)
+    ruler = load_weights(carcinonet_toy(), BUNDLES / "carcinonet" / "models" / "model.pt")
+    sampler = gen.sampler
+    lines = window_edges(size, RegionSampler(sampler))
+    mious: dict[str, list[float]] = {}
+    rows: dict[str, list[tuple[float, float]]] = {}
+    seams: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+    for m in range(n_masks):
+        mask = slide_mask(size, seed + m)
+        real, _ = draw_tissue(mask, np.random.default_rng([seed, m, 1]))
+        rows.setdefault("real toy tissue (same lines)", []).append(edge_ratios(real, lines))
+        seams.setdefault("real toy tissue (same lines)", []).append(seam_ratio(real))
+        # the decoder alone: real tissue encoded, then decoded in the default rule's chunks
+        x = torch.from_numpy(real).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        with torch.no_grad():
+            latent = gen.autoencoder.encode_stage_2_inputs(x)[0] * float(getattr(gen.autoencoder, "scale_factor", 1.0))
+        decoded = RegionSampler(sampler).decode(latent, gen.autoencoder)
+        rows.setdefault("real tissue through the region decoder", []).append(edge_ratios(decoded, lines))
+        seams.setdefault("real tissue through the region decoder", []).append(seam_ratio(decoded))
+        for name, options in EDGE_RULES.items():
+            if rules and name not in rules:
+                continue
+            region = RegionSampler(sampler, window_batch_size=32, **options)
+            image, took = _timed(region.sample, torch.from_numpy(mask), gen.autoencoder, gen.denoiser, seed + m)
+            rows.setdefault(name, []).append(edge_ratios(image, lines))
+            seams.setdefault(name, []).append(seam_ratio(image))
+            mious.setdefault(name, []).append(ruler_miou(ruler, image, mask))
+            seconds[name] = seconds.get(name, 0.0) + took
+    evaluations = RegionSampler(sampler).num_evaluations
+    solver = type(gen.ldm_sampler.scheduler).__name__
+    out = [
+        f"{n_masks} masks of {size} px, generator {gen.name}, {solver} {gen.ldm_sampler.num_inference_steps} steps "
+        f"({evaluations} evaluations per window); {len(lines)} window edge lines per direction",
+        "",
+        "| drawing | rows: edges / elsewhere | columns: edges / elsewhere | seam ratio (64 px lines) | ruler mIoU "
+        "| s / region |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, values in rows.items():
+        r, c = np.mean([v[0] for v in values]), np.mean([v[1] for v in values])
+        took = f"{seconds[name] / n_masks:.1f}" if name in seconds else ""
+        miou = f"{np.mean(mious[name]):.3f}" if name in mious else ""
+        out.append(f"| {name} | {r:.3f} | {c:.3f} | {np.mean(seams[name]):.3f} | {miou} | {took} |")
+    return "\n".join(out)
 
 
 def naive_tiling(mask: np.ndarray, gen, seed: int, batch: int = 16) -> np.ndarray:
@@ -290,6 +376,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--masks", type=int, default=2)
     parser.add_argument("--num-inference-steps", type=int, default=20)
+    parser.add_argument("--edges", action="store_true", help="seams at window edges, rows and columns, at the default")
+    parser.add_argument("--edge-rules", nargs="+", default=None, choices=list(EDGE_RULES), metavar="RULE")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory", action="store_true", help="measure peak memory per region size instead")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
@@ -309,7 +397,10 @@ def main() -> None:
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.memory_child:
+    if args.edges:
+        steps = args.num_inference_steps if "--num-inference-steps" in sys.argv else None
+        print(edges_table(args.size, args.masks, steps, args.seed, args.generator, args.edge_rules))
+    elif args.memory_child:
         _memory_child(args.memory_child, args.num_inference_steps, args.mode)
     elif args.memory:
         runs = memory(args.sizes, args.num_inference_steps, args.mode, args.repeats)

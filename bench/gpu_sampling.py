@@ -3,10 +3,14 @@
 One prepared command for a GPU machine. It builds the paper-size networks (``mask_ldm_vq_f4``, 409.7 M
 parameters, and ``vq_f4``; random weights: speed does not depend on them), sizes the batch to a memory budget by a
 probe, and times :meth:`MaskLDMSampler.sample` (mask encoding, DDIM loop, decoding) with CUDA-synchronised wall
-clocks for each variant and step count. It prints one table: seconds per tile, tiles/s, the denoiser's achieved
+clocks for each variant and sampler. Samplers are ``solver:steps`` (names of :data:`monai_disc.inferers.SOLVERS`):
+by default the earlier default (``ddim:50``), ``ddim:20``, the default now (PLMS 3 steps, 4 network evaluations)
+and the step-distilled student's (``ddim-leading:2``, 2 evaluations; random weights time the same as trained
+ones). It prints one table: seconds per tile, tiles/s, network evaluations per tile, the denoiser's achieved
 TFLOP/s (FLOPs counted once on the meta device) and its share of the GPU's dense bf16 peak, peak memory, and the
 largest difference of the variant's tiles from the fp32 tiles (bf16 tolerance: about 1e-2 mean, per the CPU
-tests). Then it draws a 100-tile synthetic slide (20 steps; set by ``--slide-steps``) with the fastest variant.
+tests). Then it draws a 100-tile synthetic slide with the fastest variant at each of ``--slide-samplers`` (the
+default sampler and the student's).
 
 Variants (each a :class:`MaskLDMSampler` option set, the same the bundles and the CLI use):
 
@@ -17,11 +21,12 @@ Variants (each a :class:`MaskLDMSampler` option set, the same the bundles and th
 - ``bf16-graphs``: bf16 with ``compile=True, compile_options={"mode": "reduce-overhead"}`` (CUDA graphs; shapes
   are static within a batch size).
 
-    python bench/gpu_sampling.py                          # 512 px, 20 and 50 steps, every variant, on cuda
+    python bench/gpu_sampling.py                          # 512 px, every sampler and variant, on cuda
     python bench/gpu_sampling.py --json gpu_sampling.json # also write the rows
     python bench/gpu_sampling.py --device cpu --tiny      # smoke check: toy networks, 64 px, 2 steps
 
-``--tiny`` swaps in the toy networks at 64 px and compiles with the ``eager`` backend (TorchDynamo only), so it
+``--tiny`` swaps in the toy networks at 64 px (the default and student samplers, 4 slide tiles) and compiles with
+the ``eager`` backend (TorchDynamo only), so it
 runs in about a minute on a CPU and checks the script end to end; its numbers are not GPU numbers.
 """
 
@@ -37,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_disc.inferers.mask_ldm import MaskLDMSampler
+from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_SOLVER, GENERATORS, MaskLDMSampler, make_scheduler
 from monai_disc.networks import mask_ldm_toy, mask_ldm_vq_f4, vq_f4, vq_f4_toy
 
 __all__ = ["PEAK_BF16_TFLOPS", "VARIANTS", "main"]
@@ -61,6 +66,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16-compile": {"dtype": "bf16", "compile": True},
     "bf16-graphs": {"dtype": "bf16", "compile": True, "compile_options": {"mode": "reduce-overhead"}},
 }
+
+
+DEFAULT_SAMPLER = f"{DEFAULT_SOLVER}:{DEFAULT_NUM_INFERENCE_STEPS}"
+STUDENT_SAMPLER = "{solver}:{num_inference_steps}".format(**GENERATORS["gd2"].options)
+
+
+def _parse_sampler(spec: str) -> tuple[str, int]:
+    solver, _, steps = spec.partition(":")
+    make_scheduler(solver)  # an unknown name fails here
+    return solver, int(steps)
+
+
+def _set_sampler(sampler: MaskLDMSampler, spec: str) -> int:
+    """Give the sampler this solver and step count (its compiled denoiser is kept); the evaluations per tile."""
+    solver, steps = _parse_sampler(spec)
+    sampler.scheduler = make_scheduler(solver)
+    sampler.num_inference_steps = steps
+    sampler.scheduler.set_timesteps(steps)
+    return len(sampler.scheduler.timesteps)
 
 
 def _sync(device: torch.device) -> None:
@@ -130,19 +154,43 @@ def _time(sampler: MaskLDMSampler, masks, autoencoder, denoiser, device) -> tupl
     return seconds, tiles, peak
 
 
+def _slide(args, variant, spec, denoiser, autoencoder, size, batch, slide_tiles, device) -> dict[str, Any]:
+    """Seconds and evaluations per tile of a ``slide_tiles``-tile synthetic slide in batches (after a warm batch)."""
+    options = _options(variant, args.tiny)
+    if options.get("channels_last"):
+        denoiser.to(memory_format=torch.channels_last)
+        autoencoder.to(memory_format=torch.channels_last)
+    sampler = MaskLDMSampler(progress=False, decode_batch_size=args.decode_batch, **options)
+    evaluations = _set_sampler(sampler, spec)
+    slide_masks = _masks(slide_tiles, size, device, seed=1)
+    sampler.sample(slide_masks[:batch], autoencoder, denoiser, seeds=range(min(batch, slide_tiles)))  # warm
+    _sync(device)
+    start = time.perf_counter()
+    for b in range(0, slide_tiles, batch):
+        sampler.sample(slide_masks[b : b + batch], autoencoder, denoiser, seeds=range(b, min(b + batch, slide_tiles)))
+    _sync(device)
+    seconds = time.perf_counter() - start
+    if options.get("channels_last"):
+        denoiser.to(memory_format=torch.contiguous_format)
+        autoencoder.to(memory_format=torch.contiguous_format)
+    return {"seconds": seconds, "evaluations": evaluations}
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="toy networks at 64 px, 2 steps: a smoke check of the script")
     p.add_argument("--size", type=int, default=None, help="tile size in px (default 512; 64 with --tiny)")
-    p.add_argument("--steps", type=int, nargs="+", default=None, help="DDIM steps (default 20 50; 2 with --tiny)")
+    p.add_argument(
+        "--samplers", nargs="+", default=None, help="solver:steps (default ddim:50 ddim:20, the default, the student's)"
+    )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--batch", type=int, default=None, help="fixed batch (default: probe to fit --mem-gb)")
     p.add_argument("--mem-gb", type=float, default=70.0)
     p.add_argument("--max-batch", type=int, default=32, help="cap on the probed batch (throughput saturates)")
     p.add_argument("--decode-batch", type=int, default=8)
     p.add_argument("--slide-tiles", type=int, default=100)
-    p.add_argument("--slide-steps", type=int, default=20)
+    p.add_argument("--slide-samplers", nargs="+", default=[DEFAULT_SAMPLER, STUDENT_SAMPLER], help="solver:steps")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
@@ -153,9 +201,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             raise SystemExit("CUDA is not available here; use --device cpu --tiny for a smoke check.")
         torch.backends.cudnn.benchmark = True
     size = args.size or (64 if args.tiny else 512)
-    steps_list = args.steps or ([2] if args.tiny else [20, 50])
+    samplers = args.samplers or (
+        [DEFAULT_SAMPLER, STUDENT_SAMPLER] if args.tiny else ["ddim:50", "ddim:20", DEFAULT_SAMPLER, STUDENT_SAMPLER]
+    )
     slide_tiles = min(args.slide_tiles, 4) if args.tiny else args.slide_tiles
-    slide_steps = 2 if args.tiny else args.slide_steps
     variants = [v for v in args.variants if device.type == "cuda" or v != "bf16-graphs"]  # graphs are CUDA-only
 
     torch.manual_seed(0)
@@ -185,12 +234,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"# batch {batch} (fits {fit} in {args.mem_gb:g} GB by probe, cap {args.max_batch}); decode {args.decode_batch}"
     )
     print(
-        "| variant | steps | batch | s/tile | tiles/s | TFLOP/s | % of peak | peak GB | max diff vs fp32 | "
-        "mean diff vs fp32 |"
+        "| variant | sampler | evaluations / tile | batch | s/tile | tiles/s | TFLOP/s | % of peak | peak GB | "
+        "max diff vs fp32 | mean diff vs fp32 |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows: list[dict[str, Any]] = []
-    reference: dict[int, torch.Tensor] = {}
+    reference: dict[str, torch.Tensor] = {}
     for variant in variants:
         options = _options(variant, args.tiny)
         if options.get("channels_last"):
@@ -198,18 +247,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             autoencoder.to(memory_format=torch.channels_last)
         sampler = MaskLDMSampler(num_inference_steps=2, progress=False, decode_batch_size=args.decode_batch, **options)
         sampler.sample(masks, autoencoder, denoiser, seeds=range(batch))  # kernels chosen, graphs compiled, captured
-        for steps in steps_list:
-            sampler.num_inference_steps = steps  # the same sampler: its compiled denoiser is reused
+        for spec in samplers:
+            evaluations = _set_sampler(sampler, spec)  # the same sampler: its compiled denoiser is reused
             seconds, tiles, peak_gb = _time(sampler, masks, autoencoder, denoiser, device)
             if not torch.isfinite(tiles).all():
                 raise RuntimeError(f"non-finite tiles in variant {variant}")
             if variant == "fp32":
-                reference[steps] = tiles
-            diff = (tiles - reference[steps]).abs() if steps in reference else None
-            tflops = steps * batch * flops / seconds / 1e12
+                reference[spec] = tiles
+            diff = (tiles - reference[spec]).abs() if spec in reference else None
+            tflops = evaluations * batch * flops / seconds / 1e12
             row = {
                 "variant": variant,
-                "steps": steps,
+                "sampler": spec,
+                "evaluations_per_tile": evaluations,
                 "batch": batch,
                 "s_per_tile": seconds / batch,
                 "tiles_per_s": batch / seconds,
@@ -225,7 +275,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             dmax = "-" if diff is None else f"{row['max_diff_vs_fp32']:.3f}"
             dmean = "-" if diff is None else f"{row['mean_diff_vs_fp32']:.4f}"
             print(
-                f"| {variant} | {steps} | {batch} | {seconds / batch:.3f} | {batch / seconds:.2f} | {tflops:.3g} "
+                f"| {variant} | {spec} | {evaluations} | {batch} | {seconds / batch:.3f} | {batch / seconds:.2f} | {tflops:.3g} "
                 f"| {share} | {gb} | {dmax} | {dmean} |",
                 flush=True,
             )
@@ -233,25 +283,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             denoiser.to(memory_format=torch.contiguous_format)
             autoencoder.to(memory_format=torch.contiguous_format)
 
-    # a synthetic slide: slide_tiles masks in batches, the fastest variant at slide_steps
-    at_steps = [r for r in rows if r["steps"] == slide_steps] or rows
-    best = min(at_steps, key=lambda r: r["s_per_tile"])["variant"]
-    options = _options(best, args.tiny)
-    if options.get("channels_last"):
-        denoiser.to(memory_format=torch.channels_last)
-        autoencoder.to(memory_format=torch.channels_last)
-    sampler = MaskLDMSampler(
-        num_inference_steps=slide_steps, progress=False, decode_batch_size=args.decode_batch, **options
-    )
-    slide_masks = _masks(slide_tiles, size, device, seed=1)
-    sampler.sample(slide_masks[:batch], autoencoder, denoiser, seeds=range(min(batch, slide_tiles)))  # warm
-    _sync(device)
-    start = time.perf_counter()
-    for b in range(0, slide_tiles, batch):
-        sampler.sample(slide_masks[b : b + batch], autoencoder, denoiser, seeds=range(b, min(b + batch, slide_tiles)))
-    _sync(device)
-    slide_seconds = time.perf_counter() - start
-    print(f"# {slide_tiles}-tile synthetic slide, {slide_steps} steps, {best}, batch {batch}: {slide_seconds:.1f} s")
+    # a synthetic slide: slide_tiles masks in batches, the fastest variant, at each slide sampler
+    slides = []
+    for spec in args.slide_samplers:
+        at = [r for r in rows if r["sampler"] == spec] or rows
+        best = min(at, key=lambda r: r["s_per_tile"])["variant"]
+        slides.append(
+            {
+                "sampler": spec,
+                "variant": best,
+                "tiles": slide_tiles,
+                **_slide(args, best, spec, denoiser, autoencoder, size, batch, slide_tiles, device),
+            }
+        )
+        print(
+            f"# {slide_tiles}-tile synthetic slide, {spec} ({slides[-1]['evaluations']} evaluations per tile, "
+            f"{slides[-1]['evaluations'] * slide_tiles} per slide), {best}, batch {batch}: {slides[-1]['seconds']:.1f} s"
+        )
 
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -262,7 +310,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     "batch": batch,
                     "tflop_per_forward": flops / 1e12,
                     "rows": rows,
-                    "slide": {"tiles": slide_tiles, "steps": slide_steps, "variant": best, "seconds": slide_seconds},
+                    "slides": slides,
                 },
                 f,
                 indent=1,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from monai_disc.data import load_sicapv2
 
 
@@ -62,3 +64,20 @@ def test_generate_slides_balances_every_primary_grade_and_resumes(tmp_path, toy_
     assert _cli(*args[:-6], "--num-inference-steps", "2", "--tile-size", "32", "--generator", "sc").returncode == 0
     sc = pd.read_csv(out / "sc" / "manifest.csv")
     assert list(sc["slide_id"]) == list(manifest["slide_id"]) and list(sc["seed"]) == list(manifest["seed"])
+
+
+def test_every_drawing_command_takes_the_solver_and_defaults_to_the_generators_own():
+    from monai_disc.apps.cli import build_parser
+
+    parser = build_parser()
+    for command in (
+        ["generate-slides", "--data", "d", "--out", "o"],
+        ["compare-generators", "--data", "d", "--out", "o"],
+    ):
+        args = parser.parse_args(command)
+        assert args.solver is None and args.num_inference_steps is None  # each registry entry's own
+        args = parser.parse_args([*command, "--solver", "ddim-leading", "--num-inference-steps", "8"])
+        assert (args.solver, args.num_inference_steps) == ("ddim-leading", 8)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compare-generators", "--data", "d", "--out", "o", "--solver", "euler"])
+    assert not hasattr(parser.parse_args(["demo"]), "solver")  # the demo samples with each generator's own

@@ -24,7 +24,13 @@ from monai_disc.apps.compare import (
 )
 from monai_disc.bundles import CARCINONET_WEIGHTS as RULER_WEIGHTS
 from monai_disc.data import load_sicapv2
-from monai_disc.inferers import LDMGenerator, MaskLDMSampler, SeparatedConditionInferer
+from monai_disc.inferers import (
+    DEFAULT_NUM_INFERENCE_STEPS,
+    GENERATORS,
+    LDMGenerator,
+    MaskLDMSampler,
+    SeparatedConditionInferer,
+)
 from monai_disc.labels import colorize
 from monai_disc.networks import carcinonet_toy, mask_ldm_toy, vq_f4_toy
 from monai_disc.transforms import sicapv2_tile_transforms
@@ -124,9 +130,15 @@ def test_table_has_one_row_per_generator_with_finite_numbers(ldm_generators, tmp
         assert sum(map(sum, row["confusion_matrix"])) == masks.numel()
     assert result["feature_dim"] == 256 and result["num_real_tiles"] == 6
     table = format_comparison(result).splitlines()
-    assert table[0] == "| generator | mIoU | IoU NC | GG3 | GG4 | GG5 | pixel acc | leak | FID | s/tile |"
+    head = "| generator | mIoU | IoU NC | GG3 | GG4 | GG5 | pixel acc | leak | FID | evaluations/tile | s/tile |"
+    assert table[0] == head
     assert [line.split(" | ")[0] for line in table[2:5]] == ["| SD", "| SD-SC", "| SD-DISC"]
-    assert "2 DDIM steps" in table[-1] and "4 held-out masks of 32x32 px" in table[-1]
+    assert "2 PLMSScheduler steps" in table[-1] and "4 held-out masks of 32x32 px" in table[-1]
+    # counted, not computed: PLMS with 2 steps calls the denoiser 3 times per tile; SC once per label present
+    labels = sum(len(torch.unique(m[::4, ::4])) for m in masks) / len(masks)
+    assert result["generators"]["SD"]["network_evaluations_per_tile"] == 3.0
+    assert result["generators"]["SD-SC"]["network_evaluations_per_tile"] == pytest.approx(3.0 * labels)
+    assert result["generators"]["SD"]["solver"] == "PLMSScheduler"
     # SD-SC and SD-DISC really are other generators: different tiles, different features
     fids = [result["generators"][n]["fid"] for n in result["order"]]
     assert len(set(fids)) == 3
@@ -340,12 +352,27 @@ def test_run_comparison_uses_the_bundles_weights_and_skips_missing_ones(sicap_ro
         sicap_root, tmp_path / "out", bundles_dir=bundles, num_masks=2, num_inference_steps=2, size=16, seed=3
     )
     assert result["order"] == ["SD", "SD-SC", "SD-DISC"]  # no CoTrain weights
+    assert {row["network_evaluations_per_tile"] for row in result["generators"].values()} >= {3.0}
     assert result["num_masks"] == 2 and result["mask_size"] == [16, 16] and result["seeds"] == [3, 4]
     assert result["num_real_tiles"] == 4  # every tile's best crop
     assert list(result["references"]) == ["real", "real, autoencoded"]
     # the round trip through the (untrained) first stage is not the real tiles: its row is its own measurement
     assert result["references"]["real, autoencoded"]["fid"] != result["references"]["real"]["fid"]
     assert (tmp_path / "out" / "compare_grid.png").is_file() and (tmp_path / "out" / "compare.md").is_file()
+
+
+def test_run_comparison_without_step_flags_draws_each_entry_at_its_own_solver(sicap_root, tmp_path):
+    weights = {RULER_WEIGHTS: carcinonet_toy(), "gleason_ldm/models/model_gd2.pt": _randomised(mask_ldm_toy(), 3)}
+    bundles = _toy_bundles(tmp_path / "bundles", weights)
+    result = run_comparison(sicap_root, tmp_path / "out", bundles_dir=bundles, num_masks=2, size=16)
+    rows = result["generators"]
+    student = GENERATORS["gd2"].display
+    assert rows["SD"]["network_evaluations_per_tile"] == DEFAULT_NUM_INFERENCE_STEPS + 1  # PLMS: steps + 1
+    assert rows["SD"]["num_inference_steps"] == DEFAULT_NUM_INFERENCE_STEPS
+    assert rows[student]["network_evaluations_per_tile"] == 2.0 and rows[student]["solver"].endswith("(leading)")
+    assert result["steps"] is None and "each generator at its own solver" in format_comparison(result)
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert saved["generators"][student]["network_evaluations_per_tile"] == 2.0
 
 
 def test_run_comparison_guidance_changes_the_tiles_and_is_recorded(sicap_root, tmp_path):

@@ -46,7 +46,7 @@ def _generate_slides(args: argparse.Namespace) -> None:
     plans, manifest = run_generate_slides(
         args.data, args.out, args.generator, args.bundles, target=args.target, tiles=args.tiles,
         tile_size=args.tile_size, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-        seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
+        solver=args.solver, seed=args.seed, batch_size=args.batch_size, overwrite=args.overwrite,
         wsi_size=args.wsi_size if args.as_wsi else None, mpp=args.mpp,
     )  # fmt: skip
     print(f"{len(plans)} synthetic slides planned to bring every primary grade to {args.target} slides")
@@ -60,8 +60,9 @@ def _generate_region(args: argparse.Namespace) -> None:
 
     mask = load_slide_mask(args.mask, level=args.mask_level)
     generator = load_generator(
-        args.generator, args.bundles, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale
-    )
+        args.generator, args.bundles, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+        solver=args.solver,
+    )  # fmt: skip
     region = RegionSampler(generator.sampler, mode=args.mode, progress=True)
     out = generate_region(mask, args.out, generator, seed=args.seed, mpp=args.mpp, region=region, source=args.mask)
     print(f"slide: {out}\nmask: {mask_path_for(out)}")
@@ -72,8 +73,8 @@ def _compare_generators(args: argparse.Namespace) -> None:
 
     result = run_comparison(
         args.data, args.out, bundles_dir=args.bundles, num_masks=args.masks,
-        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, seed=args.seed,
-        size=args.tile_size, resume=args.resume,
+        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, solver=args.solver,
+        seed=args.seed, size=args.tile_size, resume=args.resume,
     )  # fmt: skip
     print(format_comparison(result))
 
@@ -87,8 +88,9 @@ def _distill_set(args: argparse.Namespace) -> None:
     if args.data:
         shape_bank(args.data, out / "shape_bank.npz", args.bank_size)
     generator = load_generator(
-        args.generator, args.bundles, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale
-    )
+        args.generator, args.bundles, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+        solver=args.solver,
+    )  # fmt: skip
     size = (args.tile_size, args.tile_size)
     write_distillation_set(
         out / "distill", generator.denoiser, args.sets,
@@ -175,24 +177,34 @@ def _lambda_sweep(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from monai_disc.apps.demo import run_demo
+    from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS
 
+    steps = DEFAULT_NUM_INFERENCE_STEPS if args.num_inference_steps is None else args.num_inference_steps
     run_demo(
         Path(args.out), bundles_dir=args.bundles, generator=args.generator, seed=args.seed,
-        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, n_slides=args.slides,
+        num_inference_steps=steps, guidance_scale=args.guidance_scale, n_slides=args.slides,
         overwrite=args.overwrite,
     )  # fmt: skip
 
 
-def _add_sampling(p: argparse.ArgumentParser, generator: bool = True) -> None:
-    """The options of every command that draws tiles: generator, bundles folder, DDIM steps, guidance."""
-    from monai_disc.inferers import DEFAULT_GENERATOR, DEFAULT_NUM_INFERENCE_STEPS, GENERATORS
+def _add_sampling(p: argparse.ArgumentParser, generator: bool = True, solver: bool = True) -> None:
+    """The options of every command that draws tiles: generator, bundles folder, solver and its steps, guidance."""
+    from monai_disc.inferers import DEFAULT_GENERATOR, DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_SOLVER, GENERATORS, SOLVERS
 
     if generator:
         p.add_argument(
             "--generator", default=DEFAULT_GENERATOR, choices=list(GENERATORS), help="a registered generator"
         )
     p.add_argument("--bundles", default=str(REPO_BUNDLES), help="folder holding the bundles and their weights")
-    p.add_argument("--num-inference-steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS, help="DDIM steps per tile")
+    p.add_argument(
+        "--num-inference-steps", type=int, default=None,
+        help=f"solver steps per tile (default: the generator's registry entry, else {DEFAULT_NUM_INFERENCE_STEPS})",
+    )  # fmt: skip
+    if solver:
+        p.add_argument(
+            "--solver", default=None, choices=sorted(SOLVERS),
+            help=f"sampling solver (default: the generator's registry entry, else {DEFAULT_SOLVER})",
+        )  # fmt: skip
     p.add_argument(
         "--guidance-scale", type=float, default=1.0, help="classifier-free guidance weight (1: plain sampling)"
     )
@@ -262,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="average", choices=["average", "shift"], help="how windows agree per step")
     p.set_defaults(func=_generate_region)
 
-    p = sub.add_parser("compare-generators", help="SD, SD-SC, SD-DISC, SD-DISC-CoTrain on the same masks and seeds")
+    p = sub.add_parser(
+        "compare-generators", help="every registered generator, each at its own solver, on the same masks and seeds"
+    )
     p.add_argument("--data", required=True, help="SICAPv2 root whose held-out masks condition the generators")
     p.add_argument("--out", required=True, help="output folder: compare.md, compare.json, compare_grid.png")
     _add_sampling(p, generator=False)
@@ -339,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded toy data")
     p.add_argument("--out", default="demo_out", help="output folder")
-    _add_sampling(p)
+    _add_sampling(p, solver=False)  # the demo samples with each generator's solver
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slides", type=int, default=40, help="slides of the toy set")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of a demo run with other settings")

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from monai_disc.bundles import CARCINONET_WEIGHTS, bundle_file
 from monai_disc.data import load_sicapv2
-from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, load_generator
+from monai_disc.inferers import GENERATORS, load_generator
 from monai_disc.io import atomic_torch_save, atomic_write_text
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
 from monai_disc.metrics import MaskFidelity
@@ -61,7 +61,7 @@ __all__ = [
 
 Generator = Callable[[Tensor, Sequence[int]], Tensor]
 _PARTS_DIR = ".compare_parts"
-_PART_FORMAT = 2  # 2: scores hold leak and foreign
+_PART_FORMAT = 3  # 2: scores hold leak and foreign; 3: counted network evaluations
 _SCORES = ("iou", "miou", "pixel_accuracy", "leak", "foreign", "confusion_matrix")
 
 
@@ -261,40 +261,102 @@ def _run_generator(
     if warmup:  # first-call costs (allocations, kernel selection) belong to no generator
         generator(masks[:1], seeds[:1])
     seconds = 0.0
-    for start in range(0, len(masks), batch_size):
-        batch, batch_seeds = masks[start : start + batch_size], seeds[start : start + batch_size]
-        _sync()  # no queued ruler work in the generator's time
-        begin = time.perf_counter()
-        tiles = generator(batch, batch_seeds)
-        _sync()
-        seconds += time.perf_counter() - begin
-        if not isinstance(tiles, Tensor) or tuple(tiles.shape) != (len(batch), 3, *batch.shape[-2:]):
-            got = tuple(tiles.shape) if isinstance(tiles, Tensor) else type(tiles).__name__
-            raise ValueError(f"generator {name!r} returned {got} for {len(batch)} masks of {tuple(batch.shape[-2:])}.")
-        tiles = tiles.detach().float()
-        fidelity(tiles, batch)
-        features.append(ruler_features(ruler, tiles, batch_size))
-        grid.extend(t.cpu() for t in tiles[: max(0, grid_rows - len(grid))])
+    with EvaluationCounter(getattr(getattr(generator, "__self__", generator), "denoiser", None)) as counter:
+        for start in range(0, len(masks), batch_size):
+            seconds += _draw_batch(name, generator, masks, seeds, start, batch_size, fidelity, features, grid, ruler)
+            grid = grid[:grid_rows]
     scores = fidelity.aggregate()
     return {
         "scores": {k: scores[k] for k in _SCORES},
         "features": torch.cat(features),
         "grid": torch.stack(grid) if grid else torch.zeros(0, 3, *masks.shape[-2:]),
         "seconds": seconds,
+        "evaluations": None if counter.samples is None else counter.samples / len(masks),
+    }
+
+
+def _draw_batch(
+    name: str,
+    generator: Generator,
+    masks: Tensor,
+    seeds: list[int],
+    start: int,
+    batch_size: int,
+    fidelity: MaskFidelity,
+    features: list[Tensor],
+    grid: list[Tensor],
+    ruler: nn.Module,
+) -> float:
+    """Draw one batch (timed), score it into ``fidelity``, add its ruler features and grid tiles; the seconds."""
+    batch, batch_seeds = masks[start : start + batch_size], seeds[start : start + batch_size]
+    _sync()  # no queued ruler work in the generator's time
+    begin = time.perf_counter()
+    tiles = generator(batch, batch_seeds)
+    _sync()
+    seconds = time.perf_counter() - begin
+    if not isinstance(tiles, Tensor) or tuple(tiles.shape) != (len(batch), 3, *batch.shape[-2:]):
+        got = tuple(tiles.shape) if isinstance(tiles, Tensor) else type(tiles).__name__
+        raise ValueError(f"generator {name!r} returned {got} for {len(batch)} masks of {tuple(batch.shape[-2:])}.")
+    tiles = tiles.detach().float()
+    fidelity(tiles, batch)
+    features.append(ruler_features(ruler, tiles, batch_size))
+    grid.extend(t.cpu() for t in tiles)
+    return seconds
+
+
+class EvaluationCounter:
+    """Counts the samples a network is evaluated on while the context is open (a forward hook): a generator's
+    network evaluations, as run, not as computed from its settings. Guidance counts two per step (the conditional
+    and the unconditional half), separated conditions one per branch.
+
+    Args:
+        network: the denoiser to count; None counts nothing (``samples`` stays None).
+    """
+
+    def __init__(self, network: nn.Module | None) -> None:
+        self.network = network if isinstance(network, nn.Module) else None
+        self.samples: int | None = None if self.network is None else 0
+        self._handle: Any = None
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        x = args[0] if args else next(iter(kwargs.values()))
+        self.samples += int(x.shape[0])  # type: ignore[operator]
+
+    def __enter__(self) -> EvaluationCounter:
+        if self.network is not None:
+            self._handle = self.network.register_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+
+
+def _sampler_of(generator: Any) -> dict[str, Any]:
+    """The solver (scheduler class and grid), steps and guidance a generator samples with, read from its sampler;
+    empty for generators that do not expose one (e.g. plain callables)."""
+    sampler = getattr(getattr(generator, "__self__", generator), "ldm_sampler", None)
+    if sampler is None:
+        return {}
+    scheduler = sampler.scheduler
+    spacing = getattr(scheduler, "timestep_spacing", None)
+    return {
+        "solver": type(scheduler).__name__ + (f" ({spacing})" if spacing else ""),
+        "num_inference_steps": int(sampler.num_inference_steps),
+        "guidance_scale": float(sampler.guidance_scale),
     }
 
 
 def _sampler_record(generators: Mapping[str, Any]) -> tuple[int | None, float | None]:
-    """(DDIM steps, guidance scale) shared by the generators' samplers, read from the samplers themselves; None
-    for a setting the generators do not share or do not expose (e.g. plain callables)."""
-    settings = set()
-    for generator in generators.values():
-        sampler = getattr(getattr(generator, "__self__", generator), "ldm_sampler", None)
-        settings.add(None if sampler is None else (sampler.num_inference_steps, sampler.guidance_scale))
-    if len(settings) != 1 or None in settings:
-        return None, None
-    steps, guidance = settings.pop()
-    return int(steps), float(guidance)
+    """(steps, guidance scale) shared by the generators' samplers, read from the samplers themselves; None for a
+    setting the generators do not share or do not expose (e.g. plain callables)."""
+    records = [_sampler_of(g) for g in generators.values()]
+    steps = {r.get("num_inference_steps") for r in records}
+    guidance = {r.get("guidance_scale") for r in records}
+    return (
+        steps.pop() if len(steps) == 1 and None not in steps else None,
+        guidance.pop() if len(guidance) == 1 and None not in guidance else None,
+    )
 
 
 def _ruler_name(ruler: nn.Module) -> str:
@@ -322,7 +384,7 @@ def compare_generators(
         generators: name -> callable ``(masks (B, H, W), seeds) -> tiles (B, 3, H, W)`` in [-1, 1] (or an
             object with such a ``sample`` method), e.g. :func:`monai_disc.inferers.load_generator`'s. Tile i must
             depend on
-            ``masks[i]`` and ``seeds[i]`` only. The table records the DDIM steps and guidance their samplers share.
+            ``masks[i]`` and ``seeds[i]`` only. The table records each one's solver, steps and guidance.
         masks: (N, H, W) or (N, 1, H, W) integer labels 0..3, the same for every generator.
         seeds: N noise seeds, mask i drawn from seed i by every generator.
         ruler: trained segmenter (CarcinoNet): ``forward`` gives (B, 4, H, W) logits, ``encode`` (B, C) features.
@@ -342,7 +404,10 @@ def compare_generators(
 
     Returns:
         ``generators`` (name -> ``miou``, ``iou`` per class, ``pixel_accuracy``, ``leak``, ``foreign`` (see
-        :meth:`monai_disc.metrics.MaskFidelity.aggregate`), ``fid``, ``seconds_per_tile``, ``confusion_matrix``), ``order``, ``references`` (name -> such a row, no timing),
+        :meth:`monai_disc.metrics.MaskFidelity.aggregate`), ``fid``, ``seconds_per_tile``, ``network_evaluations_per_tile`` (counted by
+        :class:`EvaluationCounter` around the generator's ``denoiser``; None without one), ``solver``,
+        ``num_inference_steps``, ``guidance_scale`` (when the generator exposes its sampler), ``confusion_matrix``),
+        ``order``, ``references`` (name -> such a row, no timing),
         ``num_masks``, ``mask_size``, ``labels_per_mask`` (min, mean, max), ``seeds``, ``steps``, ``ruler``,
         ``feature_dim``, ``num_real_tiles``, ``device``, ``files``. ``compare.json`` holds the same, with
         undefined numbers (NaN) as null.
@@ -394,6 +459,8 @@ def compare_generators(
             **part["scores"],
             "fid": ruler_fid(part["features"], real_features),
             "seconds_per_tile": part["seconds"] / len(masks),
+            "network_evaluations_per_tile": part["evaluations"],
+            **_sampler_of(run),
         }
         grids[name] = part["grid"]
     reference_rows = {}
@@ -404,6 +471,7 @@ def compare_generators(
         reference_rows[name] = {k: scores[k] for k in _SCORES}
         reference_rows[name]["fid"] = ruler_fid(ruler_features(ruler, tiles, batch_size), real_features)
         reference_rows[name]["seconds_per_tile"] = None
+        reference_rows[name]["network_evaluations_per_tile"] = None
 
     label_counts = [len(torch.unique(m)) for m in masks]
     files = {"table": out / "compare.md", "json": out / "compare.json", "grid": out / "compare_grid.png"}
@@ -475,7 +543,7 @@ def format_comparison(result: Mapping[str, Any], timing: bool = True) -> str:
         timing: include the seconds-per-tile column (leave it out to compare runs on other machines).
     """
     head = ["generator", "mIoU", *(f"IoU {n}" if i == 0 else n for i, n in enumerate(LABEL_NAMES)), "pixel acc"]
-    head += ["leak", "FID"]
+    head += ["leak", "FID", "evaluations/tile"]
     head += ["s/tile"] if timing else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     named = [(name, result["generators"][name]) for name in result["order"]]
@@ -484,10 +552,16 @@ def format_comparison(result: Mapping[str, Any], timing: bool = True) -> str:
         cells = [name, _cell(row["miou"]), *(_cell(v) for v in row["iou"]), _cell(row["pixel_accuracy"])]
         cells.append(_cell(row.get("leak")))
         cells.append(_cell(row["fid"], 2))
+        cells.append(_cell(row.get("network_evaluations_per_tile"), 1))
         cells += [_cell(row["seconds_per_tile"])] if timing else []
         lines.append("| " + " | ".join(cells) + " |")
     lo, mean, hi = result["labels_per_mask"]
-    steps = "steps not recorded" if result.get("steps") is None else f"{result['steps']} DDIM steps"
+    solvers = {row.get("solver") for row in result["generators"].values()}
+    solver = solvers.pop() if len(solvers) == 1 and None not in solvers else None
+    if result.get("steps") is None:
+        steps = "each generator at its own solver and steps (its registry entry's)"
+    else:
+        steps = f"{result['steps']} {solver or 'solver'} steps"
     if result.get("guidance_scale") not in (None, 1.0):
         steps += f", guidance {result['guidance_scale']:g}"
     h, w = result["mask_size"]
@@ -497,7 +571,7 @@ def format_comparison(result: Mapping[str, Any], timing: bool = True) -> str:
         f"labels (mean {mean:.2f}), the same seeds for every generator; leak: the share of pixels the ruler reads as "
         f"another label of the same mask; FID on the ruler's {result['feature_dim']}-d "
         f"encoder features against {result['num_real_tiles']} real tiles; s/tile: generation only, on "
-        f"{result.get('device', 'CPU')}.",
+        f"{result.get('device', 'CPU')}; evaluations/tile: denoiser evaluations counted while drawing, per tile.",
     ]
     return "\n".join(lines)
 
@@ -510,8 +584,9 @@ def run_comparison(
     out_dir: str | os.PathLike,
     bundles_dir: str | os.PathLike | None = None,
     num_masks: int = 16,
-    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    num_inference_steps: int | None = None,
     guidance_scale: float = 1.0,
+    solver: str | None = None,
     seed: int = 0,
     batch_size: int = 8,
     size: int | None = 64,
@@ -534,8 +609,11 @@ def run_comparison(
         bundles_dir: folder holding ``gleason_ldm``, ``gleason_ldm_disc`` and ``carcinonet``; None: the source
             checkout's ``bundles/``.
         num_masks: held-out masks to draw for.
-        num_inference_steps: DDIM steps of every generator.
+        num_inference_steps: solver steps of every generator; None: each generator's own (its registry entry's,
+            else :data:`monai_disc.inferers.DEFAULT_NUM_INFERENCE_STEPS`).
         guidance_scale: classifier-free guidance weight of every generator (1: plain sampling, the paper's).
+        solver: the solver of every generator (a name of :data:`monai_disc.inferers.SOLVERS`); None: each
+            generator's own.
         seed: seed of the first mask; mask i uses ``seed + i``.
         batch_size: masks per generator call.
         size: tile size the generators draw (64 for the toy LDM); None keeps whole tiles.
@@ -556,7 +634,12 @@ def run_comparison(
     ruler = load_weights(carcinonet_toy(), ruler_path).to(dev)
     generators = {
         entry.display: load_generator(
-            key, bundles_dir, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, device=dev
+            key,
+            bundles_dir,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            solver=solver,
+            device=dev,
         )
         for key, entry in GENERATORS.items()
         if key in ("sd", "sc") or bundle_file(entry.weights, bundles_dir).is_file()

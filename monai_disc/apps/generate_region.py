@@ -172,7 +172,8 @@ def generate_region(
         mpp: microns per pixel of level 0, written into the resolution tags.
         region: the window rule; None wraps the generator's sampler in a default :class:`RegionSampler`.
         level_factor: downsampling between pyramid levels (2 or 4).
-        checkpoint_seconds: save the DDIM state at most this often (0: after every step).
+        checkpoint_seconds: save the sampling state (latent and solver history) at most this often (0: after every
+            network evaluation).
         source: how errors name the mask (its file); defaults to "mask".
         progress: show tqdm bars.
         mask_out: where the mask TIFF goes; None: :func:`mask_path_for` ``out``.
@@ -194,17 +195,19 @@ def generate_region(
     _open_partial(partial, settings)
 
     state_path = partial / "latent.pt"
-    start, state = 0, None
+    start, state, history = 0, None, None
     if state_path.is_file():
         saved = torch.load(state_path, map_location="cpu", weights_only=True)
-        start, state = int(saved["step"]), saved["latent"]
+        start, state, history = int(saved["step"]), saved["latent"], saved.get("solver")
     last_save = [time.monotonic()]
+    evaluations = region.num_evaluations  # entries of the solver's grid: the loop's steps
 
     def checkpoint(step: int, latent: torch.Tensor) -> None:
         now = time.monotonic()
-        if step == region.num_inference_steps or now - last_save[0] < checkpoint_seconds:
+        if step == evaluations or now - last_save[0] < checkpoint_seconds:
             return  # the final latent is saved once, below
-        atomic_torch_save({"step": step, "latent": latent.detach().cpu()}, state_path)
+        # a multistep solver's history goes with the latent, so the resumed steps are the same
+        atomic_torch_save({"step": step, "latent": latent.detach().cpu(), "solver": region.solver_state()}, state_path)
         last_save[0] = now
 
     t0 = time.perf_counter()
@@ -217,9 +220,10 @@ def generate_region(
         start_step=start,
         latent=state,
         callback=checkpoint,
+        solver_state=history if start < evaluations else None,
     )
-    if start < region.num_inference_steps or (state is not None and state.shape[0] != 1):
-        atomic_torch_save({"step": region.num_inference_steps, "latent": latent[None].cpu()}, state_path)
+    if start < evaluations or (state is not None and state.shape[0] != 1):
+        atomic_torch_save({"step": evaluations, "latent": latent[None].cpu()}, state_path)
     t1 = time.perf_counter()
 
     h, w = mask.shape

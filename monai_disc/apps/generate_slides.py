@@ -42,7 +42,7 @@ from monai_disc.data.synthetic import (
     manifest_text,
 )
 from monai_disc.distributed import resolve_rank
-from monai_disc.inferers import DEFAULT_GENERATOR, DEFAULT_NUM_INFERENCE_STEPS, TileGenerator
+from monai_disc.inferers import DEFAULT_GENERATOR, TileGenerator
 from monai_disc.io import atomic_write_text, csv_text
 from monai_disc.labels import LABEL_NAMES
 from monai_disc.masks import ShapeBank, SlidePlan
@@ -298,8 +298,9 @@ def run_generate_slides(
     target: int = 100,
     tiles: Sequence[int] = (20, 100),
     tile_size: int = 64,
-    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    num_inference_steps: int | None = None,
     guidance_scale: float = 1.0,
+    solver: str | None = None,
     batch_size: int = 16,
     seed: int = 0,
     overwrite: bool = False,
@@ -321,8 +322,9 @@ def run_generate_slides(
         target: slides per primary grade, real plus synthetic (at least 1).
         tiles: (min, max) tiles per slide.
         tile_size: side of the tiles drawn.
-        num_inference_steps: DDIM steps per tile.
+        num_inference_steps: solver steps per tile; None: the generator's own (its registry entry's).
         guidance_scale: classifier-free guidance weight.
+        solver: a name of :data:`monai_disc.inferers.SOLVERS`; None: the generator's own.
         batch_size: tiles per generator call.
         seed: plan seed.
         overwrite: start over instead of stopping at other settings.
@@ -347,8 +349,9 @@ def run_generate_slides(
     if int(target) < 1:
         raise ValueError(f"target must be at least 1 slide per primary grade, got {target}")
     tile_generator = load_generator(
-        generator, bundles, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale
+        generator, bundles, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, solver=solver
     )
+    window = tile_generator.ldm_sampler  # the steps and solver the registry resolved
     tile_generator.check_size(tile_size)  # before any file is written
     out = Path(out)
     shared = {
@@ -372,7 +375,8 @@ def run_generate_slides(
         raise ValueError(f"nothing to generate: every primary grade of {data} already has {target} or more slides")
     own = {
         "generator": generator,
-        "num_inference_steps": int(num_inference_steps),
+        "num_inference_steps": window.num_inference_steps,
+        "solver": type(window.scheduler).__name__ + str(getattr(window.scheduler, "timestep_spacing", "")),
         "guidance_scale": float(guidance_scale),
         "weights": file_digest(bundle_file(GENERATORS[generator].weights, bundles)),
         "autoencoder": file_digest(bundle_file(AUTOENCODER_WEIGHTS, bundles)),

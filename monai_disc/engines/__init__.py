@@ -21,6 +21,7 @@ from .mil import evaluate_transmil, train_transmil
 from .mixed import LOSS_REAL, LOSS_SYNTH, MixedSupervisedTrainer, loss_parts, mix_losses
 from .segmentation import SegmentationLoss, carcinonet_train_transforms
 from .slide_writer import SlideProbabilityWriter, slide_prediction_rows
+from .step_distill import FewStepInferer, SamplerDistillPrepareBatch
 from .time_limit import TimeLimitHandler
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "train_transmil",
     "DISCPrepareBatch",
     "GuidanceDistillPrepareBatch",
+    "FewStepInferer",
+    "SamplerDistillPrepareBatch",
     "DistillationSet",
     "distill_seed",
     "write_distillation_set",

@@ -122,7 +122,8 @@ def write_distillation_set(
         image_size: (H, W) or side of the tiles, the size of the uniform masks the mask encoder reads.
         shard_size: sets per shard file.
         seed: the one seed of the set (see :func:`distill_seed`).
-        sampler: the DDIM sampler (steps, guidance); defaults to ``MaskLDMSampler(progress=False)``.
+        sampler: the sampler (solver, steps, guidance); defaults to ``MaskLDMSampler(progress=False)`` (the default
+            solver and steps).
         batch_size: sets per denoiser batch (each set is K rows of the batch).
         rank: this process's rank; None reads ``torch.distributed`` or torchrun's ``RANK``.
         world_size: number of ranks; None reads ``torch.distributed`` or ``WORLD_SIZE``.
@@ -177,6 +178,7 @@ def write_distillation_set(
         "image_size": size,
         "dtype": str(dtype).replace("torch.", ""),
         "num_inference_steps": sampler.num_inference_steps,
+        "solver": type(sampler.scheduler).__name__ + str(getattr(sampler.scheduler, "timestep_spacing", "")),
         "guidance_scale": sampler.guidance_scale,
         "scale_factor": None if scale is None else float(scale),
         "shards": shards,

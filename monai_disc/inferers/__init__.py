@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .generators import DEFAULT_GENERATOR, GENERATORS, GeneratorEntry, LDMGenerator, TileGenerator, load_generator
+from .generators import (
+    DEFAULT_GENERATOR,
+    GENERATORS,
+    GeneratorEntry,
+    LDMGenerator,
+    TileGenerator,
+    entry_sampler,
+    load_generator,
+    sampler_options,
+)
 from .mask_ldm import (
     DEFAULT_NUM_INFERENCE_STEPS,
     LDM_SCHEDULE,
@@ -12,12 +21,21 @@ from .mask_ldm import (
     tile_size_multiple,
 )
 from .region import REGION_MODES, RegionSampler, window_starts
-from .schedulers import PLMSScheduler, plms_scheduler
+from .schedulers import (
+    DEFAULT_SOLVER,
+    SOLVERS,
+    PLMSScheduler,
+    SpacedDDIMScheduler,
+    is_stateless,
+    make_scheduler,
+    plms_scheduler,
+)
 from .separated import SeparatedConditionInferer, fuse_latents, present_labels, uniform_masks
 
 __all__ = [
     "DEFAULT_GENERATOR",
     "DEFAULT_NUM_INFERENCE_STEPS",
+    "DEFAULT_SOLVER",
     "GENERATORS",
     "LDM_SCHEDULE",
     "GeneratorEntry",
@@ -26,14 +44,20 @@ __all__ = [
     "PLMSScheduler",
     "REGION_MODES",
     "RegionSampler",
+    "SOLVERS",
+    "SpacedDDIMScheduler",
     "SeparatedConditionInferer",
     "TileGenerator",
     "ddim_scheduler",
+    "entry_sampler",
     "fuse_latents",
+    "is_stateless",
     "latent_shape_for",
     "load_generator",
+    "make_scheduler",
     "plms_scheduler",
     "present_labels",
+    "sampler_options",
     "tile_size_multiple",
     "uniform_masks",
     "window_starts",

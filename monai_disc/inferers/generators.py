@@ -19,12 +19,22 @@ import torch
 from torch import Tensor, nn
 
 from monai_disc.bundles import AUTOENCODER_WEIGHTS, bundle_file
-from monai_disc.inferers.mask_ldm import DEFAULT_NUM_INFERENCE_STEPS, MaskLDMSampler, tile_size_multiple
+from monai_disc.inferers.mask_ldm import MaskLDMSampler, tile_size_multiple
+from monai_disc.inferers.schedulers import DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_SOLVER, make_scheduler
 from monai_disc.inferers.separated import SeparatedConditionInferer
 from monai_disc.networks import mask_ldm_toy, vq_f4_toy
 from monai_disc.networks.weights import load_weights
 
-__all__ = ["DEFAULT_GENERATOR", "GENERATORS", "GeneratorEntry", "LDMGenerator", "TileGenerator", "load_generator"]
+__all__ = [
+    "DEFAULT_GENERATOR",
+    "GENERATORS",
+    "GeneratorEntry",
+    "LDMGenerator",
+    "TileGenerator",
+    "entry_sampler",
+    "load_generator",
+    "sampler_options",
+]
 
 
 @dataclass(frozen=True)
@@ -35,8 +45,10 @@ class GeneratorEntry:
         display: the name in tables, pictures and manifests ("SD-SC").
         weights: denoiser weights, relative to the bundles folder.
         separated: sample with separated conditions (:class:`SeparatedConditionInferer`).
-        options: sampler options of this entry (``fuse_step`` for SC; any :class:`MaskLDMSampler` argument);
-            :func:`load_generator`'s keyword arguments override them.
+        options: sampler options of this entry: ``solver`` (a name of :data:`monai_disc.inferers.SOLVERS`) and
+            ``num_inference_steps`` (both default to :data:`DEFAULT_SOLVER` and :data:`DEFAULT_NUM_INFERENCE_STEPS`),
+            ``fuse_step`` for SC, any other :class:`MaskLDMSampler` argument; :func:`load_generator`'s keyword
+            arguments override them.
     """
 
     display: str
@@ -51,9 +63,24 @@ GENERATORS: dict[str, GeneratorEntry] = {
     "disc": GeneratorEntry("SD-DISC", "gleason_ldm_disc/models/model_disc.pt"),
     "cotrain": GeneratorEntry("SD-DISC-CoTrain", "gleason_ldm_disc/models/model_cotrain.pt"),
     "gd": GeneratorEntry("SD-GD", "gleason_ldm/models/model_gd.pt"),
+    # SD-GD step-distilled to 2 evaluations (engines.SamplerDistillPrepareBatch, configs/train_gd2.yaml): its weights
+    # were trained through this solver and step count, so it samples with them
+    "gd2": GeneratorEntry(
+        "SD-GD, 2-step student",
+        "gleason_ldm/models/model_gd2.pt",
+        options={"solver": "ddim-leading", "num_inference_steps": 2},
+    ),
+    # the same student in one evaluation: its second step (at t = 1) moves the latent little, so one DDIM step from
+    # its first timestep (t = 501) straight to t = 0 reads the same (docs/generators.md, "Evaluations per tile")
+    "gd1": GeneratorEntry(
+        "SD-GD, 1-step student",
+        "gleason_ldm/models/model_gd2.pt",
+        options={"solver": "ddim-middle", "num_inference_steps": 1},
+    ),
 }
-#: the generator a door uses when none is named (slide and region generation, the demo, the MONAI Label model):
-#: the one that follows its masks best at plain SD's cost (docs/generators.md, "Guidance distilled: SD-GD")
+#: the generator a door uses when none is named (slide and region generation, the demo, the MONAI Label model, the
+#: bundles): the one that follows its masks best at plain SD's cost (docs/generators.md, "Guidance distilled:
+#: SD-GD"), sampled with the default solver (DEFAULT_SOLVER, DEFAULT_NUM_INFERENCE_STEPS: 4 network evaluations)
 DEFAULT_GENERATOR = "gd"
 
 
@@ -124,40 +151,102 @@ class LDMGenerator:
         return tiles.detach().float().cpu()
 
 
+def sampler_options(
+    name: str | None = None,
+    *,
+    num_inference_steps: int | None = None,
+    solver: str | None = None,
+    guidance_scale: float = 1.0,
+    **options: Any,
+) -> dict[str, Any]:
+    """The sampler options of a registry entry with overrides: the one place a door's choices meet the defaults.
+
+    Precedence: an argument that is not None, then the entry's :attr:`GeneratorEntry.options`, then
+    :data:`DEFAULT_SOLVER` / :data:`DEFAULT_NUM_INFERENCE_STEPS`.
+
+    Args:
+        name: a key of :data:`GENERATORS`; None is :data:`DEFAULT_GENERATOR`.
+        num_inference_steps: solver steps; None: the entry's.
+        solver: a name of :data:`monai_disc.inferers.SOLVERS`; None: the entry's.
+        guidance_scale: classifier-free guidance weight (1: plain sampling).
+        options: any other :class:`MaskLDMSampler` argument, or ``fuse_step`` (separated entries).
+
+    Returns:
+        the :class:`MaskLDMSampler` keyword arguments (``scheduler`` a solver name) and ``fuse_step``.
+
+    Raises:
+        ValueError: for an unknown generator or solver, or ``fuse_step`` for an entry without separated conditions.
+    """
+    name = DEFAULT_GENERATOR if name is None else name
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; choose one of {sorted(GENERATORS)}")
+    entry = GENERATORS[name]
+    given = {"solver": solver, "num_inference_steps": num_inference_steps}
+    merged = {"progress": False, **entry.options, **{k: v for k, v in given.items() if v is not None}, **options}
+    merged.setdefault("solver", DEFAULT_SOLVER)
+    merged.setdefault("num_inference_steps", DEFAULT_NUM_INFERENCE_STEPS)
+    make_scheduler(merged["solver"])  # an unknown name fails here, naming the choices
+    if merged.get("fuse_step") is not None and not entry.separated:
+        raise ValueError(f"fuse_step applies to separated-condition generators, not {name!r}")
+    merged["scheduler"] = merged.pop("solver")
+    merged["num_inference_steps"] = int(merged["num_inference_steps"])
+    merged["guidance_scale"] = float(guidance_scale)
+    return merged
+
+
+def entry_sampler(name: str | None = None, **overrides: Any) -> MaskLDMSampler | SeparatedConditionInferer:
+    """The sampler of a registry entry (its solver, steps and options; SC entries wrapped in
+    :class:`SeparatedConditionInferer`), without networks: what the bundles and regions sample with.
+
+    Args:
+        name: a key of :data:`GENERATORS`; None is :data:`DEFAULT_GENERATOR`.
+        overrides: :func:`sampler_options`' keyword arguments.
+
+    Raises:
+        ValueError: as :func:`sampler_options`, or an inner ``fuse_step`` with a multistep solver.
+    """
+    name = DEFAULT_GENERATOR if name is None else name
+    options = sampler_options(name, **overrides)
+    fuse_step = options.pop("fuse_step", None)
+    sampler: Any = MaskLDMSampler(**options)
+    if GENERATORS[name].separated:
+        sampler = SeparatedConditionInferer(sampler, fuse_step=fuse_step)
+    return sampler
+
+
 def load_generator(
-    name: str,
+    name: str | None = None,
     bundles_dir: str | os.PathLike | None = None,
     *,
-    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    num_inference_steps: int | None = None,
     guidance_scale: float = 1.0,
+    solver: str | None = None,
     device: str | torch.device = "cpu",
     **sampler_options: Any,
 ) -> LDMGenerator:
     """A toy-sized generator by name (a key of :data:`GENERATORS`) with the weights shipped in the bundles.
 
     Args:
-        name: "sd", "sc", "disc", "cotrain", ...
+        name: "sd", "sc", "disc", "cotrain", "gd", "gd2", ...; None is :data:`DEFAULT_GENERATOR`.
         bundles_dir: folder holding the bundles; None: the source checkout's ``bundles/``.
-        num_inference_steps: DDIM steps per tile.
+        num_inference_steps: solver steps per tile; None: the entry's (:data:`DEFAULT_NUM_INFERENCE_STEPS` unless
+            the entry sets its own).
         guidance_scale: classifier-free guidance weight (1: plain conditional sampling, the paper's).
+        solver: a name of :data:`monai_disc.inferers.SOLVERS`; None: the entry's (:data:`DEFAULT_SOLVER` unless
+            the entry sets its own).
         device: where the networks run.
         sampler_options: override the entry's options: ``fuse_step`` (separated entries), or any other
-            :class:`MaskLDMSampler` argument (``decode_batch_size``, ``progress``, ...).
+            :class:`MaskLDMSampler` argument (``decode_batch_size``, ``progress``, ``dtype``, ...).
 
     Raises:
-        ValueError: for an unknown name, or ``fuse_step`` for an entry without separated conditions.
+        ValueError: for an unknown name or solver, or ``fuse_step`` for an entry without separated conditions.
         FileNotFoundError: when its weights are missing.
     """
-    if name not in GENERATORS:
-        raise ValueError(f"unknown generator {name!r}; choose one of {sorted(GENERATORS)}")
+    name = DEFAULT_GENERATOR if name is None else name
+    sampler = entry_sampler(
+        name, num_inference_steps=num_inference_steps, solver=solver, guidance_scale=guidance_scale, **sampler_options
+    )
     entry = GENERATORS[name]
-    options = {"progress": False, **entry.options, **sampler_options}
-    fuse_step = options.pop("fuse_step", None)
-    if fuse_step is not None and not entry.separated:
-        raise ValueError(f"fuse_step applies to separated-condition generators, not {name!r}")
     autoencoder = load_weights(vq_f4_toy(), bundle_file(AUTOENCODER_WEIGHTS, bundles_dir)).to(device)
     denoiser = load_weights(mask_ldm_toy(), bundle_file(entry.weights, bundles_dir)).to(device)
-    sampler: Any = MaskLDMSampler(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **options)
-    if entry.separated:
-        sampler = SeparatedConditionInferer(sampler, fuse_step=fuse_step)
     return LDMGenerator(sampler, autoencoder, denoiser, name=entry.display)

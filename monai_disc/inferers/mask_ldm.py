@@ -1,4 +1,4 @@
-"""DDIM sampling of tiles whose Gleason patterns follow a mask (the SD generator)."""
+"""Sampling of tiles whose Gleason patterns follow a mask (the SD generator), with any solver of the registry."""
 
 from __future__ import annotations
 
@@ -6,55 +6,30 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.networks.schedulers import DDIMScheduler, Scheduler
+from monai.networks.schedulers import Scheduler
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from monai_disc.inferers.acceleration import CompiledCache, autocast_for, resolve_dtype, to_channels_last
+from monai_disc.inferers.schedulers import (
+    DEFAULT_NUM_INFERENCE_STEPS,
+    DEFAULT_SOLVER,
+    LDM_SCHEDULE,
+    ddim_scheduler,
+    make_scheduler,
+)
 from monai_disc.networks.denoiser import MaskConditionedUNet
 from monai_disc.transforms.functional import as_label_map
 
 __all__ = [
     "DEFAULT_NUM_INFERENCE_STEPS",
+    "DEFAULT_SOLVER",
     "LDM_SCHEDULE",
     "MaskLDMSampler",
     "ddim_scheduler",
     "latent_shape_for",
     "tile_size_multiple",
 ]
-
-# The noise schedule of CompVis LDM (its "linear" schedule is MONAI's "scaled_linear_beta": betas linear in sqrt
-# space from 0.0015 to 0.0195 over 1000 steps). Training (DDPMScheduler(**LDM_SCHEDULE)) and sampling must share it.
-LDM_SCHEDULE: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "schedule": "scaled_linear_beta",
-    "beta_start": 0.0015,
-    "beta_end": 0.0195,
-}
-
-
-#: DDIM steps per tile everywhere a tile is drawn (library, CLI, bundles). The paper samples with 200. On the toy
-#: model, with the same masks and seeds, 50 steps are within 0.005 mIoU of 200 unguided and guided (0.446 / 0.449,
-#: 0.657 / 0.661) while 20 lose 0.013 unguided: the steps-fidelity table in docs/generators.md (bench_steps.py).
-DEFAULT_NUM_INFERENCE_STEPS = 50
-
-
-def ddim_scheduler(**overrides: Any) -> DDIMScheduler:
-    """MONAI's DDIM on :data:`LDM_SCHEDULE`, stepping as CompVis LDM does.
-
-    No clipping of the predicted latent (latents are not bounded to [-1, 1]); ``steps_offset=1`` with
-    ``set_alpha_to_one=False`` visits timesteps 999..1 and ends at alpha-bar of step 0, as the LDM and Stable
-    Diffusion DDIM samplers do.
-
-    Args:
-        overrides: any ``DDIMScheduler`` argument.
-
-    Returns:
-        the scheduler.
-    """
-    cfg: dict[str, Any] = {**LDM_SCHEDULE, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
-    cfg.update(overrides)
-    return DDIMScheduler(**cfg)
 
 
 def latent_shape_for(autoencoder: nn.Module, image_size: Sequence[int], latent_channels: int) -> tuple[int, int, int]:
@@ -96,7 +71,7 @@ def tile_size_multiple(autoencoder: nn.Module, denoiser: nn.Module) -> int:
 
 
 class MaskLDMSampler:
-    """DDIM sampling of tiles that follow a Gleason mask (SD; also SD-DISC and SD-DISC-CoTrain weights).
+    """Sampling of tiles that follow a Gleason mask (SD; also SD-DISC, SD-DISC-CoTrain and SD-GD weights).
 
     Holds the scheduler, step count and guidance scale and takes the networks as arguments, as MONAI inferers do,
     so one sampler serves any trained model. :meth:`sample_latents` is the hot loop and knows nothing of masks:
@@ -106,8 +81,9 @@ class MaskLDMSampler:
     sample alone, so a tile is the same whatever batch it is drawn in.
 
     Args:
-        scheduler: a MONAI scheduler with DDIM's ``set_timesteps``/``step``; defaults to :func:`ddim_scheduler`.
-        num_inference_steps: denoising steps (:data:`DEFAULT_NUM_INFERENCE_STEPS`; 200 in the paper).
+        scheduler: the solver: a name of :data:`monai_disc.inferers.SOLVERS` or a MONAI scheduler with
+            ``set_timesteps``/``step``; None is :data:`DEFAULT_SOLVER` (:func:`make_scheduler`).
+        num_inference_steps: solver steps (:data:`DEFAULT_NUM_INFERENCE_STEPS`; DDIM 200 in the paper).
         guidance_scale: classifier-free guidance weight w in eps_u + w (eps_c - eps_u); 1 is plain conditional
             sampling (one network call per step), other values run conditional and unconditional halves as one
             batched call per step.
@@ -130,7 +106,7 @@ class MaskLDMSampler:
 
     def __init__(
         self,
-        scheduler: Scheduler | None = None,
+        scheduler: Scheduler | str | None = None,
         num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         guidance_scale: float = 1.0,
         progress: bool = True,
@@ -140,7 +116,7 @@ class MaskLDMSampler:
         compile: bool = False,
         compile_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.scheduler = scheduler if scheduler is not None else ddim_scheduler()
+        self.scheduler = make_scheduler(scheduler)
         if not 0 < num_inference_steps <= self.scheduler.num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps must lie in 1..{self.scheduler.num_train_timesteps}, got {num_inference_steps}."
@@ -273,7 +249,7 @@ class MaskLDMSampler:
         autocast = self.autocast(noise.device)
 
         x = self._layout(noise)
-        for i, t in enumerate(tqdm(steps, desc="DDIM", leave=False, disable=not self.progress)):
+        for i, t in enumerate(tqdm(steps, desc="denoising", leave=False, disable=not self.progress)):
             if mark_step is not None:  # CUDA graph outputs of the previous step are consumed: reuse their memory
                 mark_step()
             with autocast:

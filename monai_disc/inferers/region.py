@@ -29,17 +29,18 @@ time (:meth:`RegionSampler.decode_bands`), so the decoder adds no seams and a sl
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from monai.networks.schedulers import DDIMScheduler
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from monai_disc.inferers.mask_ldm import MaskLDMSampler
+from monai_disc.inferers.schedulers import is_stateless, load_solver_state, solver_state
 from monai_disc.inferers.separated import SeparatedConditionInferer, fuse_latents, uniform_masks
 
 __all__ = ["REGION_MODES", "RegionSampler", "window_starts"]
@@ -91,8 +92,9 @@ class _TokenCache:
     Bounded (least recently used entries go), so memory stays flat on any region.
     """
 
-    def __init__(self, denoiser: nn.Module, max_entries: int) -> None:
+    def __init__(self, denoiser: nn.Module, max_entries: int, autocast: Any = None) -> None:
         self.denoiser = denoiser
+        self.autocast = autocast if autocast is not None else contextlib.nullcontext()
         self.max_entries = max(int(max_entries), 0)
         self.entries: OrderedDict[bytes, Tensor] = OrderedDict()
 
@@ -104,7 +106,8 @@ class _TokenCache:
             device = next(self.denoiser.parameters()).device
             unique = list(dict.fromkeys(keys[i] for i in missing))
             first = {k: keys.index(k) for k in unique}
-            tokens = self.denoiser.encode_mask(torch.stack([windows[first[k]] for k in unique]).to(device))
+            with self.autocast:
+                tokens = self.denoiser.encode_mask(torch.stack([windows[first[k]] for k in unique]).to(device))
             new = dict(zip(unique, tokens))
         out = []
         for k in keys:
@@ -199,8 +202,16 @@ class RegionSampler:
 
     @property
     def num_inference_steps(self) -> int:
-        """DDIM steps of the window sampler."""
+        """Solver steps of the window sampler."""
         return self.window_sampler.num_inference_steps
+
+    @property
+    def num_evaluations(self) -> int:
+        """Entries of the solver's grid: network evaluations per window (PLMS: steps + 1), the steps of
+        :meth:`sample_latent`'s loop and its callback."""
+        scheduler = self.window_sampler.scheduler
+        scheduler.set_timesteps(self.num_inference_steps)
+        return len(scheduler.timesteps)
 
     # ------------------------------------------------------------------------------------------
     # windows
@@ -272,6 +283,7 @@ class RegionSampler:
         start_step: int = 0,
         latent: Tensor | None = None,
         callback: StepCallback | None = None,
+        solver_state: dict[str, Any] | None = None,
     ) -> Tensor:
         """z_0 of a region.
 
@@ -285,9 +297,13 @@ class RegionSampler:
             background: the mask value of glass (:data:`monai_disc.masks.BACKGROUND` in slide masks; K..255):
                 conditioned as NC, and windows holding nothing else are not denoised (their latent is left as is:
                 the caller paints glass there). None: every pixel is tissue.
-            start_step: resume at this step index with ``latent`` the state after step ``start_step - 1``.
+            start_step: resume at this index of the solver's grid (one entry per network evaluation; PLMS has
+                steps + 1) with ``latent`` the state after entry ``start_step - 1``.
             latent: the state to resume from: (B, C, h, w) with B = 1 (SD) or K (SC before fusion).
-            callback: called as ``callback(steps_done, state)`` after every step (for checkpoints).
+            callback: called as ``callback(steps_done, state)`` after every network evaluation (for checkpoints;
+                :meth:`solver_state` then holds the solver's history to save with it).
+            solver_state: the solver history saved with ``latent`` (:meth:`solver_state`); needed to resume a
+                multistep solver (PLMS).
 
         Returns:
             (C, h, w) z_0 on the denoiser's device, float32.
@@ -324,7 +340,6 @@ class RegionSampler:
         def labels(crop: Tensor) -> Tensor:  # glass is conditioned as NC
             return crop if background is None else crop.masked_fill(crop == background, 0)
 
-        n = self.num_inference_steps
         if latent is not None:
             x = latent.to(device, copy=True)  # stepped in place below: the caller's state is left as it is
         elif start_step:
@@ -337,36 +352,39 @@ class RegionSampler:
         small_host = small.cpu().numpy() if self.separated else None  # labels per window, read on the host
 
         scheduler = self.window_sampler.scheduler
-        scheduler.set_timesteps(n)
-        steps = [int(t) for t in scheduler.timesteps]
+        scheduler.set_timesteps(self.num_inference_steps)  # resets a multistep solver's history
+        steps = [int(t) for t in scheduler.timesteps]  # one entry per network evaluation (PLMS: steps + 1)
+        if solver_state is not None:
+            load_solver_state(scheduler, solver_state, device)
+        elif 0 < start_step < len(steps) and not is_stateless(scheduler):
+            raise ValueError(
+                f"resuming {type(scheduler).__name__} at step {start_step} needs its history (solver_state): it keeps "
+                "noise predictions across steps."
+            )
+        sampler = self.window_sampler
+        sampler.prepare(denoiser)  # channels-last weights when the sampler asks for them
+        network = sampler._compiled(denoiser) if sampler.compile else denoiser
+        autocast = sampler.autocast(device)
         guidance = self.window_sampler.guidance_scale
         guided = guidance != 1.0
         null = denoiser.null_context(1).to(device)
-        tokens = _TokenCache(denoiser, self.token_cache_size)
-        uniform = (
-            denoiser.encode_mask(uniform_masks(k, (self.window * factor,) * 2, device)) if self.separated else None
-        )
+        tokens = _TokenCache(denoiser, self.token_cache_size, autocast)
+        with autocast:
+            uniform = (
+                denoiser.encode_mask(uniform_masks(k, (self.window * factor,) * 2, device)) if self.separated else None
+            )
 
         weights: dict[tuple[tuple[int, int], tuple[int, int]], Tensor] = {}
-        for i in tqdm(range(start_step, n), desc="region DDIM", leave=False, disable=not self.progress):
+        for i in tqdm(range(start_step, len(steps)), desc="region", leave=False, disable=not self.progress):
             separated = self.separated and (self.fuse_step is None or i < self.fuse_step)
             if self.separated and not separated and x.shape[0] != 1:  # the fusion step of SC with fuse_step
                 x = fuse_latents(x[None], small[None])
             if separated and x.shape[0] != k or not separated and x.shape[0] != 1:
                 raise ValueError(f"resume state has {x.shape[0]} branches, step {i} needs {k if separated else 1}.")
-            jobs: list[tuple[int, int, int]] = []  # (branch, y, x) in a fixed order
             grid = self.positions((h, w), i, seed)
             ry = self._ramps(sorted({p[0] for p in grid}))
             rx = self._ramps(sorted({p[1] for p in grid}))
-            for y0, x0 in grid:
-                y1, x1 = y0 + self.window, x0 + self.window
-                if live[y1, x1] - live[y0, x1] - live[y1, x0] + live[y0, x0] <= 0:
-                    continue
-                if separated:
-                    present = np.unique(small_host[y0 : y0 + self.window, x0 : x0 + self.window]).tolist()
-                    jobs.extend((int(b), y0, x0) for b in present)
-                else:
-                    jobs.append((0, y0, x0))
+            jobs = self._jobs(grid, live, small_host if separated else None)
             eps_sum = torch.zeros_like(x)
             count = torch.zeros((x.shape[0], 1, h, w), dtype=x.dtype, device=device)
             t_all = torch.full((self.window_batch_size * (2 if guided else 1),), steps[i], device=device)
@@ -386,7 +404,9 @@ class RegionSampler:
                 if guided:
                     ctx = torch.cat([null.to(ctx).expand(nb, -1, -1), ctx])
                     xb = torch.cat([xb, xb])
-                eps = denoiser(xb, t_all[: xb.shape[0]], context=ctx).to(x.dtype)
+                with autocast:  # the window sampler's precision and layout (bf16 autocast on CUDA)
+                    eps = network(sampler._layout(xb), t_all[: xb.shape[0]], context=ctx)
+                eps = eps.to(x.dtype)
                 if guided:
                     eps_u, eps_c = eps.chunk(2)
                     eps = eps_u + guidance * (eps_c - eps_u)
@@ -402,16 +422,43 @@ class RegionSampler:
                     count[b, :, y0 : y0 + ws, x0 : x0 + ws] += weights[key]
             # normalise by the summed weights (below 1 beside a skipped glass window); 0 where no window ran
             eps_sum /= count.masked_fill_(count == 0, 1.0)
-            if isinstance(scheduler, DDIMScheduler):  # per pixel and stateless: in place, a band of rows at a time
-                for r in range(0, h, 64):
-                    x[:, :, r : r + 64] = scheduler.step(eps_sum[:, :, r : r + 64], steps[i], x[:, :, r : r + 64])[0]
-            else:  # a scheduler with a history (PLMS) steps the whole latent in one call
-                x, _ = scheduler.step(eps_sum, steps[i], x)
+            x = self._solver_step(scheduler, eps_sum, steps[i], x)
             if callback is not None:
                 callback(i + 1, x)
         if x.shape[0] != 1:
             x = fuse_latents(x[None], small[None])
         return x[0].float()
+
+    def _jobs(
+        self, grid: list[tuple[int, int]], live: np.ndarray, small_host: np.ndarray | None
+    ) -> list[tuple[int, int, int]]:
+        """(branch, y, x) of the windows a step denoises, in a fixed order: windows on glass alone are skipped;
+        with ``small_host`` (the labels at latent size, separated steps) one job per label the window holds."""
+        jobs: list[tuple[int, int, int]] = []
+        ws = self.window
+        for y0, x0 in grid:
+            y1, x1 = y0 + ws, x0 + ws
+            if live[y1, x1] - live[y0, x1] - live[y1, x0] + live[y0, x0] <= 0:
+                continue
+            if small_host is not None:
+                jobs.extend((int(b), y0, x0) for b in np.unique(small_host[y0:y1, x0:x1]).tolist())
+            else:
+                jobs.append((0, y0, x0))
+        return jobs
+
+    @staticmethod
+    def _solver_step(scheduler: Any, eps: Tensor, t: int, x: Tensor) -> Tensor:
+        """One solver step of the whole latent: a stateless solver (DDIM) in place, a band of rows at a time; a
+        solver with a history (PLMS) in one call, so its history covers the whole latent."""
+        if is_stateless(scheduler):
+            for r in range(0, x.shape[-2], 64):
+                x[:, :, r : r + 64] = scheduler.step(eps[:, :, r : r + 64], t, x[:, :, r : r + 64])[0]
+            return x
+        return scheduler.step(eps, t, x)[0]
+
+    def solver_state(self) -> dict[str, Any]:
+        """The window solver's history after the last step (empty for DDIM): saved with a resumable latent."""
+        return solver_state(self.window_sampler.scheduler)
 
     # ------------------------------------------------------------------------------------------
     # decoding
@@ -495,6 +542,8 @@ class RegionSampler:
         """What the region depends on besides the networks, mask and seed (for resumable jobs)."""
         return {
             "num_inference_steps": self.num_inference_steps,
+            "solver": type(self.window_sampler.scheduler).__name__,
+            "timestep_spacing": getattr(self.window_sampler.scheduler, "timestep_spacing", "linspace"),
             "guidance_scale": self.window_sampler.guidance_scale,
             "separated": self.separated,
             "fuse_step": self.fuse_step,

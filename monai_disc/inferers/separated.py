@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.schedulers import PNDMScheduler
 from torch import Tensor, nn
 
 from monai_disc.inferers.mask_ldm import MaskLDMSampler
+from monai_disc.inferers.schedulers import is_stateless
 from monai_disc.transforms.functional import as_label_map, labels_at_size
 
 __all__ = ["SeparatedConditionInferer", "fuse_latents", "present_labels", "uniform_masks"]
@@ -121,7 +121,7 @@ class SeparatedConditionInferer:
         if fuse_step is not None and not 0 <= int(fuse_step) <= steps:
             raise ValueError(f"fuse_step must lie in 0..{steps} (the sampler's steps) or be None, got {fuse_step}.")
         self.fuse_step = None if fuse_step is None or int(fuse_step) == steps else int(fuse_step)
-        if self.fuse_step is not None and isinstance(self.sampler.scheduler, PNDMScheduler):
+        if self.fuse_step is not None and not is_stateless(self.sampler.scheduler):
             raise ValueError(
                 "fuse_step needs a scheduler whose step depends on (model output, t, sample) alone, such as DDIM; "
                 f"{type(self.sampler.scheduler).__name__} keeps a history of noise predictions across steps."

@@ -5,7 +5,8 @@ tile of the mask's size, drawn by a generator of the registry (:data:`monai_disc
 weights: exactly the tile the Python API draws for the same generator, steps, guidance and seed.
 
 Parameters: ``generator`` (a name of the registry; :data:`monai_disc.inferers.DEFAULT_GENERATOR` when left out),
-``num_inference_steps``, ``guidance_scale``,
+``solver`` (a name of :data:`monai_disc.inferers.SOLVERS`; ``"default"``, the default, is the generator's own),
+``num_inference_steps`` (0, the default: the generator's own), ``guidance_scale``,
 ``seed``, and ``mask_values``: what the mask stores for NC, GG3, GG4, GG5: ``"labels"`` (0, 1, 2, 3; the
 default, an 8-bit PNG), ``"sicapv2"`` (0, 3, 4, 5; JPEG noise of 2 grey levels tolerated) or a list of four
 values. The model is listed in /info with type ``generator``, so segmentation clients leave it alone.
@@ -27,7 +28,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from monai_disc.inferers import DEFAULT_GENERATOR, DEFAULT_NUM_INFERENCE_STEPS, GENERATORS, load_generator
+from monai_disc.inferers import DEFAULT_GENERATOR, GENERATORS, SOLVERS, load_generator
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, SICAPV2_MASK_VALUES
 from monai_disc.monailabel.task_params import (
     SERVER_KEYS,
@@ -50,9 +51,12 @@ MASK_VALUE_SETS: dict[str, tuple[tuple[int, ...], float]] = {
 }
 #: the registry's generators, the default first (a MONAI Label client shows a list's first entry as its default)
 GENERATOR_CHOICES = [DEFAULT_GENERATOR, *(name for name in GENERATORS if name != DEFAULT_GENERATOR)]
+#: "default": the generator's own solver (its registry entry's, else monai_disc.inferers.DEFAULT_SOLVER)
+SOLVER_CHOICES = ["default", *sorted(SOLVERS)]
 INFER_DEFAULTS: dict[str, Any] = {
     "generator": GENERATOR_CHOICES,
-    "num_inference_steps": DEFAULT_NUM_INFERENCE_STEPS,
+    "solver": SOLVER_CHOICES,
+    "num_inference_steps": 0,  # 0: the generator's own steps
     "guidance_scale": 1.0,
     "seed": 0,
     "mask_values": list(MASK_VALUE_SETS),
@@ -78,7 +82,8 @@ def _mask_values(value: Any) -> tuple[tuple[float, ...], float]:
 
 PARAM_PARSERS: dict[str, Callable[[Any], Any]] = {
     "generator": lambda v: one_of("generator", v, GENERATOR_CHOICES),
-    "num_inference_steps": lambda v: as_int("num_inference_steps", v, 1, 1000),
+    "solver": lambda v: one_of("solver", v, SOLVER_CHOICES),
+    "num_inference_steps": lambda v: as_int("num_inference_steps", v, 0, 1000),
     "guidance_scale": lambda v: as_float("guidance_scale", v, 0.0, 100.0),
     "seed": lambda v: as_int("seed", v, 0, 2**63 - 1),
     "mask_values": _mask_values,
@@ -137,12 +142,17 @@ class GleasonLDMInfer(BasicInferTask):
     def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
         return []
 
-    def generator(self, name: str, num_inference_steps: int, guidance_scale: float) -> Any:
-        """The loaded generator of these settings (loaded once, kept among the last ``cache_size``)."""
-        key = (name, num_inference_steps, guidance_scale)
+    def generator(self, name: str, num_inference_steps: int, guidance_scale: float, solver: str = "default") -> Any:
+        """The loaded generator of these settings (loaded once, kept among the last ``cache_size``); steps 0 and
+        solver ``"default"`` are the generator's own (its registry entry's)."""
+        key = (name, num_inference_steps, guidance_scale, solver)
         if key not in self._generators:
             self._generators[key] = load_generator(
-                name, self.bundles, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale
+                name,
+                self.bundles,
+                num_inference_steps=num_inference_steps or None,
+                guidance_scale=guidance_scale,
+                solver=None if solver == "default" else solver,
             )
             while len(self._generators) > self.cache_size:
                 self._generators.popitem(last=False)
@@ -153,7 +163,9 @@ class GleasonLDMInfer(BasicInferTask):
         params = data["gleason_ldm"]
         mask = torch.as_tensor(data["image"]).reshape(data["image"].shape[-2:]).long()
         with self._lock:  # a sampler's scheduler holds its timestep grid: one sampling at a time
-            generator = self.generator(params["generator"], params["num_inference_steps"], params["guidance_scale"])
+            generator = self.generator(
+                params["generator"], params["num_inference_steps"], params["guidance_scale"], params["solver"]
+            )
             multiple = generator.size_multiple
             h, w = mask.shape
             if h % multiple or w % multiple or max(h, w) > self.max_size:
@@ -170,7 +182,7 @@ class GleasonLDMInfer(BasicInferTask):
         os.close(fd)
         save_picture(data[self.output_label_key], path)
         params = data["gleason_ldm"]
-        info = {k: params[k] for k in ("generator", "num_inference_steps", "guidance_scale", "seed")}
+        info = {k: params[k] for k in ("generator", "solver", "num_inference_steps", "guidance_scale", "seed")}
         return path, {**info, "size": list(data[self.output_label_key].shape[:2])}
 
 

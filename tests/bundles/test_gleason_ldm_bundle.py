@@ -16,6 +16,7 @@ from bundle_utils import BUNDLES, bundle_run, check_workflow, missing_metadata, 
 from PIL import Image
 
 from monai_disc.engines import latest_checkpoint
+from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, PLMSScheduler, SpacedDDIMScheduler
 
 ROOT = BUNDLES / "gleason_ldm"
 CONFIGS = ROOT / "configs"
@@ -34,6 +35,7 @@ def test_metadata_has_every_mandatory_field():
         (["train.yaml"], "train"),
         (["train.yaml", "multi_gpu_train.yaml"], "train"),
         (["train.yaml", "train_gd.yaml"], "train"),
+        (["train.yaml", "train_gd2.yaml"], "train"),
         (["inference.yaml"], "infer"),
     ],
 )
@@ -88,6 +90,36 @@ def test_guidance_distillation_starts_from_the_teacher_and_writes_model_gd(train
     assert moved and all((student[k] - teacher[k]).abs().max() < 1e-2 for k in moved)
 
 
+def test_step_distillation_trains_through_the_students_grid_and_writes_model_gd2(trained, toy_root, tmp_path):
+    models = trained / "models"
+    teacher = torch.load(models / "model.pt", weights_only=True)
+    args = ["--dataset_dir", str(toy_root), "--model_dir", str(tmp_path), "--output_dir", str(tmp_path / "gd2")]
+    args += ["--autoencoder_path", str(models / "autoencoder.pt"), "--teacher_path", str(models / "model.pt")]
+    log = bundle_run("gleason_ldm", ["train.yaml", "train_gd2.yaml"], *args, *TINY, "--sample_interval", "100000")
+    assert "val_mse" in log  # the distance to the teacher sampler's latents, on the Test masks
+    student = torch.load(tmp_path / "model_gd2.pt", weights_only=True)
+    moved = [k for k in teacher if teacher[k].is_floating_point() and not torch.equal(teacher[k], student[k])]
+    assert student.keys() == teacher.keys() and moved
+
+
+@pytest.mark.parametrize(
+    "generator, solver, steps, weights",
+    [
+        (None, PLMSScheduler, DEFAULT_NUM_INFERENCE_STEPS, "model_gd.pt"),
+        ("gd2", SpacedDDIMScheduler, 2, "model_gd2.pt"),
+    ],
+)
+def test_inference_samples_with_the_registry_entrys_solver(generator, solver, steps, weights, tmp_path):
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "mask.png")
+    override = {"dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "out"), "bundle_root": str(ROOT)}
+    if generator:
+        override["generator"] = generator
+    wf = check_workflow(str(CONFIGS / "inference.yaml"), "infer", CONFIGS / "metadata.json", **override)
+    sampler = wf.parser.get_parsed_content("sampler")
+    assert type(sampler.scheduler) is solver and sampler.num_inference_steps == steps
+    assert wf.parser.get_parsed_content("ckpt_path").endswith(f"/models/{weights}")
+
+
 def test_inference_draws_one_tile_per_mask_and_skips_finished_ones(trained, tmp_path):
     masks = tmp_path / "masks"
     masks.mkdir()
@@ -98,6 +130,7 @@ def test_inference_draws_one_tile_per_mask_and_skips_finished_ones(trained, tmp_
         Image.fromarray(m).save(masks / f"mask{i}.png")
     out = tmp_path / "tiles"
     args = ["--dataset_dir", str(masks), "--output_dir", str(out), "--model_dir", str(trained / "models")]
+    args += ["--generator", "sd"]  # the weights the fixture trained (models/model.pt); the default is SD-GD's
     bundle_run("gleason_ldm", ["inference.yaml"], *args, "--num_inference_steps", "3")
     tiles = sorted(p.name for p in out.glob("*_tile.png"))
     assert tiles == ["mask0_tile.png", "mask1_tile.png", "mask2_tile.png"]

@@ -134,7 +134,8 @@ def test_distill_set_writes_the_sd_models_separated_latents_and_the_shape_bank(d
     assert "wrote 4 sets in 2 shards" in distilled["log"]
 
     # set 2 is the SD model's SC branches from the noise of distill_seed(0, 2), under each uniform mask
-    inferer = SeparatedConditionInferer(MaskLDMSampler(num_inference_steps=2, progress=False))
+    # the distillation set's solver is pinned to DDIM (the published recipe), not the registry's default
+    inferer = SeparatedConditionInferer(MaskLDMSampler("ddim", num_inference_steps=2, progress=False))
     noise = MaskLDMSampler.make_noise([distill_seed(0, 2)], (3, 16, 16))
     expected = inferer.separated_latents(noise, distilled["denoiser"], (64, 64))[0]
     torch.testing.assert_close(shard["latents"][0].float(), expected, atol=2e-3, rtol=2e-3)
@@ -207,6 +208,7 @@ def test_inference_with_separated_conditions_matches_the_library_sampler(distill
     out = tmp_path / "tiles"
     bundle_run(BUNDLE, ["inference.yaml"], "--dataset_dir", str(masks), "--output_dir", str(out),
                "--sd_model_dir", str(distilled["out"] / "sd"), "--generator", "sc", "--num_inference_steps", "2",
+               "--solver", "ddim",  # DDIM at 2 steps tells SC from SD apart with these barely trained weights
                "--autoencoder_path", str(distilled["out"] / "sd" / "autoencoder.pt"))  # fmt: skip
     assert sorted(p.name for p in out.glob("*_tile.png")) == ["mask0_tile.png", "mask1_tile.png"]
     tiles = np.stack([np.asarray(Image.open(out / f"mask{i}_tile.png")) for i in range(2)]).astype(int)
@@ -214,7 +216,7 @@ def test_inference_with_separated_conditions_matches_the_library_sampler(distill
     seeds = [mask_seed(masks / f"mask{i}.png") for i in range(2)]
     mask_batch = torch.from_numpy(np.stack(labels)).long()
     nets = (distilled["autoencoder"], distilled["denoiser"])
-    sampler = MaskLDMSampler(num_inference_steps=2, progress=False)
+    sampler = MaskLDMSampler("ddim", num_inference_steps=2, progress=False)
     sc = SeparatedConditionInferer(sampler).sample(mask_batch, *nets, seeds=seeds)
     sd = sampler.sample(mask_batch, *nets, seeds=seeds)
     expected_sc = np.stack([to_uint8(t) for t in sc]).astype(int)

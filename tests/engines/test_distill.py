@@ -20,7 +20,7 @@ SIZE = 32
 
 
 def _sampler() -> MaskLDMSampler:
-    return MaskLDMSampler(num_inference_steps=2, progress=False)
+    return MaskLDMSampler("ddim", num_inference_steps=2, progress=False)
 
 
 def _write(root, net, **kw):

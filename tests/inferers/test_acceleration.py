@@ -114,7 +114,7 @@ def test_compiled_denoiser_gives_the_same_tiles_and_is_compiled_once():
     again = sampler.sample(masks, ae, net, seeds=[1, 2])
     torch.testing.assert_close(tiles, reference, atol=1e-6, rtol=0)
     torch.testing.assert_close(again, reference, atol=1e-6, rtol=0)
-    assert log.batches == [2] * 6  # the compiled wrapper calls the same module, once per step
+    assert log.batches == [2] * 8  # the compiled wrapper calls the same module, once per evaluation (PLMS: 3 + 1)
     assert sampler._compiled(net) is sampler._compiled(net)
     assert type(sampler._compiled(net)).__name__ == "OptimizedModule"
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from monai.inferers import LatentDiffusionInferer
 from support import CallLog, PoolAutoencoder, tiny_denoiser
 
+from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS, PLMSScheduler
 from monai_disc.inferers.mask_ldm import LDM_SCHEDULE, MaskLDMSampler, ddim_scheduler, latent_shape_for
 
 
@@ -52,14 +53,17 @@ def test_noise_for_a_seed_is_the_same_in_any_batch():
 def test_conditional_sampling_calls_the_denoiser_once_per_step_on_the_batch():
     net, ae = tiny_denoiser(), PoolAutoencoder()
     log = CallLog(net)
-    MaskLDMSampler(num_inference_steps=7, progress=False).sample(_masks(3), ae, net, seeds=[0, 1, 2])
+    MaskLDMSampler("ddim", num_inference_steps=7, progress=False).sample(_masks(3), ae, net, seeds=[0, 1, 2])
     assert log.batches == [3] * 7
+    log.batches.clear()  # the default solver (PLMS) evaluates its second timestep twice: steps + 1 calls
+    MaskLDMSampler(num_inference_steps=7, progress=False).sample(_masks(3), ae, net, seeds=[0, 1, 2])
+    assert log.batches == [3] * 8
 
 
 def test_guidance_makes_one_batched_call_of_doubled_batch_per_step():
     net, ae = tiny_denoiser(), PoolAutoencoder()
     log = CallLog(net)
-    MaskLDMSampler(num_inference_steps=5, guidance_scale=2.5, progress=False).sample(
+    MaskLDMSampler("ddim", num_inference_steps=5, guidance_scale=2.5, progress=False).sample(
         _masks(3), ae, net, seeds=[0, 1, 2]
     )
     assert log.batches == [6] * 5
@@ -78,7 +82,7 @@ def test_guidance_changes_the_tiles():
 def test_equals_monai_latent_diffusion_inferer_without_guidance():
     net, ae = tiny_denoiser(), PoolAutoencoder(scale_factor=150.0)
     masks = _masks(3)
-    sampler = MaskLDMSampler(num_inference_steps=10, progress=False)
+    sampler = MaskLDMSampler("ddim", num_inference_steps=10, progress=False)
     noise = sampler.make_noise([4, 5, 6], (3, 8, 8), "cpu")
     ours = sampler.sample(masks, ae, net, noise=noise)
 
@@ -93,7 +97,7 @@ def test_equals_monai_latent_diffusion_inferer_without_guidance():
 def test_guided_latents_equal_monai_classifier_free_guidance_with_its_fill_value():
     net = tiny_denoiser()
     masks = _masks(2)
-    sampler = MaskLDMSampler(num_inference_steps=8, guidance_scale=3.0, progress=False)
+    sampler = MaskLDMSampler("ddim", num_inference_steps=8, guidance_scale=3.0, progress=False)
     noise = sampler.make_noise([1, 2], (3, 8, 8), "cpu")
     with torch.no_grad():
         context = net.encode_mask(masks)
@@ -109,14 +113,21 @@ def test_guided_latents_equal_monai_classifier_free_guidance_with_its_fill_value
     torch.testing.assert_close(F.interpolate(ours, scale_factor=4), theirs, atol=1e-6 * scale, rtol=0)
 
 
-def test_default_scheduler_is_the_ldm_schedule_from_999_to_1():
-    sampler = MaskLDMSampler(num_inference_steps=50, progress=False)
+def test_ddim_is_the_ldm_schedule_from_999_to_1():
+    sampler = MaskLDMSampler("ddim", num_inference_steps=50, progress=False)
     s = sampler.scheduler
     assert s.num_train_timesteps == LDM_SCHEDULE["num_train_timesteps"]
     assert s.betas[0].item() == pytest.approx(0.0015) and s.betas[-1].item() == pytest.approx(0.0195)
     assert not s.clip_sample
     s.set_timesteps(50)
     assert int(s.timesteps[0]) == 999 and int(s.timesteps[-1]) == 1
+
+
+def test_the_default_sampler_is_plms_at_three_steps_four_evaluations_on_the_ldm_schedule():
+    s = MaskLDMSampler(progress=False).scheduler
+    assert isinstance(s, PLMSScheduler) and s.betas[-1].item() == pytest.approx(0.0195)
+    s.set_timesteps(DEFAULT_NUM_INFERENCE_STEPS)
+    assert DEFAULT_NUM_INFERENCE_STEPS == 3 and s.timesteps.tolist() == [667, 334, 334, 1]
 
 
 def test_latent_shape_comes_from_the_factor_or_a_probe():

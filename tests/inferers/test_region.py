@@ -101,8 +101,10 @@ def test_windows_of_glass_are_not_denoised(sd):
         everywhere = sum(calls)
     finally:
         hook.remove()
-    # latent 16 x 48, windows at x = 0, 12, 24, 32: tissue (x < 15) reaches the windows at 0 and 12 only
-    assert everywhere == 4 * 4 and with_glass == 4 * 2
+    # latent 16 x 48, windows at x = 0, 12, 24, 32: tissue (x < 15) reaches the windows at 0 and 12 only; one call
+    # per entry of the solver's grid (PLMS, 4 steps: 5 evaluations)
+    evaluations = region.num_evaluations
+    assert evaluations == 5 and everywhere == 4 * evaluations and with_glass == 2 * evaluations
 
 
 def test_background_pixels_are_conditioned_as_nc_and_other_values_are_refused(sd):
@@ -186,13 +188,14 @@ def test_a_killed_generation_resumes_and_writes_the_same_slide(sd, tmp_path, sta
     partial = tmp_path / ".killed.tiff.partial"
     assert not target.exists() and (partial / "latent.pt").is_file()
     step = torch.load(partial / "latent.pt", weights_only=True)["step"]
-    assert step == (2 if stage == "sampling" else 4)
+    evaluations = region.num_evaluations  # the default solver (PLMS) keeps a history: it is saved with the latent
+    assert step == (2 if stage == "sampling" else evaluations)
     counter, count = _crash_after(sd.denoiser, 10**9)
     try:
         generate_region(mask, target, sd, seed=4, region=region, checkpoint_seconds=0, progress=False)
     finally:
         counter.remove()
-    assert count[0] == (2 if stage == "sampling" else 0)  # only the steps not saved were run again
+    assert count[0] == (evaluations - 2 if stage == "sampling" else 0)  # only the steps not saved were run again
     np.testing.assert_array_equal(_read_level(target, 0), _read_level(whole, 0))
     assert not partial.exists()
 
@@ -264,3 +267,22 @@ def test_ramp_weights_beside_glass_are_normalised_not_shrunk():
         for blend in ("ramp", "uniform")
     )
     torch.testing.assert_close(ramp[:, :, :16], plain[:, :, :16], atol=1e-5, rtol=0)
+
+
+def test_regions_run_in_the_window_samplers_precision_and_layout():
+    # the GPU path (bf16 autocast, channels-last weights), exercised on the CPU: every window evaluation runs in
+    # bfloat16, the solver steps the float32 latent, and the region stays near the float32 one
+    fast = load_generator("sd", BUNDLES, num_inference_steps=3, dtype="bf16", channels_last=True)
+    plain = load_generator("sd", BUNDLES, num_inference_steps=3)
+    mask = _mask(64, 128, seed=1)
+    dtypes = []
+    hook = fast.denoiser.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    try:
+        low = RegionSampler(fast.sampler).sample_latent(mask, fast.autoencoder, fast.denoiser, seed=0)
+    finally:
+        hook.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16} and low.dtype == torch.float32
+    assert fast.denoiser.unet.conv_in.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    full = RegionSampler(plain.sampler).sample_latent(mask, plain.autoencoder, plain.denoiser, seed=0)
+    difference = (low - full).abs().mean() / full.abs().mean()
+    assert 0 < difference < 0.05

@@ -1,4 +1,5 @@
-"""PLMS with its timesteps in step: an exact noise predictor lands on the DDIM result; MONAI's grid does not."""
+"""Solvers: PLMS with its timesteps in step (an exact noise predictor lands on the DDIM result, MONAI's grid does
+not; an inexact one gives CompVis' PLMS numbers), solvers by name, a registry entry's solver, a resumed history."""
 
 from __future__ import annotations
 
@@ -8,12 +9,21 @@ from monai.networks.schedulers import PNDMScheduler
 from support import tiny_denoiser
 
 from monai_disc.inferers import (
+    DEFAULT_NUM_INFERENCE_STEPS,
+    DEFAULT_SOLVER,
     LDM_SCHEDULE,
     MaskLDMSampler,
+    PLMSScheduler,
     SeparatedConditionInferer,
+    SpacedDDIMScheduler,
     ddim_scheduler,
+    entry_sampler,
+    is_stateless,
+    make_scheduler,
     plms_scheduler,
+    sampler_options,
 )
+from monai_disc.inferers.schedulers import load_solver_state, solver_state
 
 
 class ExactEps(torch.nn.Module):
@@ -88,3 +98,128 @@ class _Pool(torch.nn.Module):
 
     def decode_stage_2_outputs(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.interpolate(z, scale_factor=4) / 200
+
+
+class Wobbly(torch.nn.Module):
+    """A noise predictor that is not exact: a fixed nonlinear function of the sample and the timestep."""
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        t = timesteps.reshape(-1, 1, 1, 1).float() / 1000
+        return torch.tanh(0.7 * x + t) + 0.3 * x * t
+
+
+def _compvis_plms(eps_fn, x: torch.Tensor, alphas: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[int]]:
+    """The PLMS loop of CompVis latent-diffusion (ldm/models/diffusion/plms.py, ``p_sample_plms``), transcribed:
+    a Heun start at the first step, then 2nd, 3rd and 4th order Adams-Bashforth on the last noise predictions.
+    The grid is ``k * (1000 // n) + 1`` for k < n (diffusers'; CompVis' ``range(0, 1000, c)`` takes one more entry
+    when n does not divide 1000)."""
+    c = 1000 // steps
+    ts = [k * c + 1 for k in range(steps)]
+    a = alphas[ts]
+    a_prev = torch.cat([alphas[:1], alphas[ts[:-1]]])  # the last step ends at alpha-bar of step 0
+    calls: list[int] = []
+
+    def eps(x: torch.Tensor, t: int) -> torch.Tensor:
+        calls.append(t)
+        return eps_fn(x, torch.full((x.shape[0],), t))
+
+    def x_prev(x: torch.Tensor, e: torch.Tensor, i: int) -> torch.Tensor:
+        x0 = (x - (1 - a[i]).sqrt() * e) / a[i].sqrt()
+        return a_prev[i].sqrt() * x0 + (1 - a_prev[i]).sqrt() * e
+
+    old: list[torch.Tensor] = []
+    for i in reversed(range(len(ts))):
+        e = eps(x, ts[i])
+        if not old:
+            nxt = x_prev(x, e, i)
+            e_prime = (e + eps(nxt, ts[i - 1] if i > 0 else ts[0])) / 2
+        elif len(old) == 1:
+            e_prime = (3 * e - old[-1]) / 2
+        elif len(old) == 2:
+            e_prime = (23 * e - 16 * old[-1] + 5 * old[-2]) / 12
+        else:
+            e_prime = (55 * e - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
+        x = x_prev(x, e_prime, i)
+        old.append(e)
+    return x, calls
+
+
+@pytest.mark.parametrize("steps", [3, 10])
+def test_plms_equals_the_compvis_plms_loop_with_an_inexact_network(steps):
+    torch.manual_seed(1)
+    noise = torch.randn(2, 3, 4, 4)
+    net = Wobbly()
+    sampler = MaskLDMSampler(plms_scheduler(), num_inference_steps=steps, progress=False)
+    ours = sampler.sample_latents(noise, torch.zeros(2, 1, 1), CallCounter(net))
+    reference, calls = _compvis_plms(lambda x, t: net(x, t, None), noise, sampler.scheduler.alphas_cumprod, steps)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    sampler.scheduler.set_timesteps(steps)
+    assert sampler.scheduler.timesteps.tolist() == calls  # the same timestep at every call, steps + 1 calls
+    assert (ours - noise).abs().max() > 0.1  # the loop did something
+
+
+class CallCounter(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.net(x, timesteps, context)
+
+
+def test_solvers_by_name_and_their_grids():
+    assert isinstance(make_scheduler(), PLMSScheduler) and DEFAULT_SOLVER == "plms"
+    leading, trailing = make_scheduler("ddim-leading"), make_scheduler("ddim-trailing")
+    leading.set_timesteps(2)
+    trailing.set_timesteps(2)
+    assert leading.timesteps.tolist() == [501, 1] and trailing.timesteps.tolist() == [999, 499]
+    middle = make_scheduler("ddim-middle")
+    middle.set_timesteps(1)
+    assert middle.timesteps.tolist() == [501]  # one step from the middle of the schedule to its end
+    with pytest.raises(ValueError, match="'middle' grid is one step"):
+        middle.set_timesteps(2)
+    assert entry_sampler("gd1").num_inference_steps == 1 and entry_sampler("gd1").scheduler.timestep_spacing == "middle"
+    assert is_stateless(leading) and not is_stateless(make_scheduler("plms"))
+    with pytest.raises(ValueError, match="unknown solver 'dpm'.*ddim"):
+        make_scheduler("dpm")
+
+
+def test_a_registry_entrys_solver_and_steps_and_their_overrides():
+    assert sampler_options()["scheduler"] == DEFAULT_SOLVER
+    assert sampler_options()["num_inference_steps"] == DEFAULT_NUM_INFERENCE_STEPS
+    student = entry_sampler("gd2")
+    assert isinstance(student.scheduler, SpacedDDIMScheduler) and student.num_inference_steps == 2
+    given = entry_sampler("gd2", solver="plms", num_inference_steps=7)
+    assert isinstance(given.scheduler, PLMSScheduler) and given.num_inference_steps == 7
+    sc = entry_sampler("sc", solver="ddim", fuse_step=2, num_inference_steps=4)
+    assert isinstance(sc, SeparatedConditionInferer) and sc.fuse_step == 2
+    with pytest.raises(ValueError, match="history of noise predictions"):
+        entry_sampler("sc", fuse_step=1)  # PLMS, the default: refused, with the reason
+    with pytest.raises(ValueError, match="unknown solver"):
+        sampler_options("sd", solver="euler")
+
+
+def test_a_plms_run_resumed_from_its_saved_history_equals_the_whole_run():
+    torch.manual_seed(2)
+    x0 = torch.randn(1, 3, 4, 4)
+    net = Wobbly()
+    whole = plms_scheduler()
+    whole.set_timesteps(6)
+    grid = [int(t) for t in whole.timesteps]
+    x = x0.clone()
+    for t in grid:
+        x = whole.step(net(x, torch.tensor([t]), None), t, x)[0]
+    first, second = plms_scheduler(), plms_scheduler()
+    first.set_timesteps(6)
+    y = x0.clone()
+    for t in grid[:4]:
+        y = first.step(net(y, torch.tensor([t]), None), t, y)[0]
+    saved = solver_state(first)
+    second.set_timesteps(6)
+    load_solver_state(second, saved)
+    for t in grid[4:]:
+        y = second.step(net(y, torch.tensor([t]), None), t, y)[0]
+    torch.testing.assert_close(y, x, atol=0, rtol=0)
+    assert solver_state(make_scheduler("ddim")) == {}
+    with pytest.raises(ValueError, match="needs its saved history"):
+        load_solver_state(plms_scheduler(), {})

@@ -116,7 +116,7 @@ def test_sc_equals_fused_uniform_runs(guidance):
 def test_a_two_label_mask_runs_two_branches_in_one_call_per_step():
     net, ae = tiny_denoiser(), PoolAutoencoder()
     log = CallLog(net)
-    inferer = SeparatedConditionInferer(MaskLDMSampler(num_inference_steps=STEPS, progress=False))
+    inferer = SeparatedConditionInferer(MaskLDMSampler("ddim", num_inference_steps=STEPS, progress=False))
     inferer.sample(_mask([[0, 2], [0, 2]])[None], ae, net, seeds=[0])
     assert log.batches == [2] * STEPS
     log.batches.clear()
@@ -124,9 +124,9 @@ def test_a_two_label_mask_runs_two_branches_in_one_call_per_step():
     inferer.sample(masks, ae, net, seeds=[0, 1, 2])
     assert log.batches == [2 + 1 + 4] * STEPS  # labels present, not 3 x K
     log.batches.clear()
-    SeparatedConditionInferer(MaskLDMSampler(num_inference_steps=STEPS, guidance_scale=2.0, progress=False)).sample(
-        masks, ae, net, seeds=[0, 1, 2]
-    )
+    SeparatedConditionInferer(
+        MaskLDMSampler("ddim", num_inference_steps=STEPS, guidance_scale=2.0, progress=False)
+    ).sample(masks, ae, net, seeds=[0, 1, 2])
     assert log.batches == [2 * 7] * STEPS  # guidance doubles the one batched call
 
 
@@ -141,7 +141,7 @@ def test_one_label_mask_gives_the_sd_tile():
 
 def test_fuse_step_zero_is_sd_and_an_inner_fuse_step_follows_the_split_loop():
     net = tiny_denoiser()
-    sampler = MaskLDMSampler(num_inference_steps=STEPS, progress=False)
+    sampler = MaskLDMSampler("ddim", num_inference_steps=STEPS, progress=False)
     masks = torch.stack([_mask([[0, 3], [3, 3]]), _mask([[1, 2], [2, 1]])])
     seeds = [11, 12]
     noise = MaskLDMSampler.make_noise(seeds, (3, 8, 8))
