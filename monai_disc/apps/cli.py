@@ -177,12 +177,10 @@ def _lambda_sweep(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from monai_disc.apps.demo import run_demo
-    from monai_disc.inferers import DEFAULT_NUM_INFERENCE_STEPS
 
-    steps = DEFAULT_NUM_INFERENCE_STEPS if args.num_inference_steps is None else args.num_inference_steps
     run_demo(
         Path(args.out), bundles_dir=args.bundles, generator=args.generator, seed=args.seed,
-        num_inference_steps=steps, guidance_scale=args.guidance_scale, n_slides=args.slides,
+        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, n_slides=args.slides,
         overwrite=args.overwrite,
     )  # fmt: skip
 

@@ -28,14 +28,14 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from monai_disc.apps.compare import held_out_masks
+from monai_disc.apps.compare import EvaluationCounter, held_out_masks
 from monai_disc.apps.generate_slides import generate_slides
 from monai_disc.apps.sweep import lambda_sweep
 from monai_disc.bundles import CARCINONET_WEIGHTS, TRANSMIL_WEIGHTS, bundle_file
 from monai_disc.data import format_summary, load_sicapv2, make_toy_sicapv2, save_contact_sheet, summarize_sicapv2
 from monai_disc.data.synthetic import IMAGES_DIR, MASKS_DIR
 from monai_disc.data.tilesets import load_sicapv2_bags, load_synthetic_bags
-from monai_disc.inferers import DEFAULT_GENERATOR, DEFAULT_NUM_INFERENCE_STEPS, LDMGenerator, load_generator
+from monai_disc.inferers import DEFAULT_GENERATOR, LDMGenerator, load_generator
 from monai_disc.io import atomic_write_bytes, atomic_write_text, compare_settings, settings_error
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
 from monai_disc.masks import ShapeBank, plan_synthetic_slides
@@ -76,7 +76,7 @@ def run_demo(
     generator: str = DEFAULT_GENERATOR,
     seed: int = 0,
     num_tiles: int = 8,
-    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    num_inference_steps: int | None = None,
     guidance_scale: float = 1.0,
     n_slides: int = 40,
     tile_size: int = 128,
@@ -91,7 +91,8 @@ def run_demo(
         generator: the registered generator that draws the tiles and the synthetic slides.
         seed: noise seed of the first generated tile, and the first training seed of step 5.
         num_tiles: held-out masks to draw for.
-        num_inference_steps: sampling steps of the generator.
+        num_inference_steps: solver steps of the generator; None: its registry entry's own (e.g. SD-GD's PLMS 3
+            steps, 4 network evaluations per tile).
         guidance_scale: classifier-free guidance weight of the generator (1: plain sampling).
         n_slides: slides of the toy set.
         tile_size: toy tile size in pixels.
@@ -136,7 +137,6 @@ def _tiles_from_masks(
     root: Path, out: Path, gen: LDMGenerator, ruler: torch.nn.Module, num_tiles: int, seed: int, figures: dict
 ) -> list[Path]:
     """Steps 2 and 3: tiles for held-out masks, the ruler's reading of them and of real tiles; two pictures."""
-    steps = gen.ldm_sampler.num_inference_steps
     _step(2, f"{gen.name} paints tiles for {num_tiles} held-out toy masks; the ruler reads them back")
     masks, tiles = held_out_masks(root, num_tiles)
     # the LDM was trained on 64 px crops; a crop keeps two or more labels of its mask
@@ -145,19 +145,23 @@ def _tiles_from_masks(
     for i, m in enumerate(masks64):
         save_picture(m.numpy().astype(np.uint8), mask_dir / f"heldout_{i:02d}.png")
     start = time.perf_counter()
-    generated = gen.sample(masks64, range(seed, seed + len(masks64)))
+    with EvaluationCounter(gen.denoiser) as counter:  # network evaluations as run, not as computed from settings
+        generated = gen.sample(masks64, range(seed, seed + len(masks64)))
     per_tile = (time.perf_counter() - start) / len(masks64)
+    evaluations = counter.samples // len(masks64)
+    sampling = f"{evaluations} network evaluations per tile"
     real, real64, synthetic = MaskFidelity(ruler), MaskFidelity(ruler), MaskFidelity(ruler)
     real(tiles, masks)
     real64(tiles64, masks64)
     synthetic(generated, masks64)
     figures.update(real=real.aggregate(), real_64px=real64.aggregate(), generated_64px=synthetic.aggregate(),
-                   seconds_per_tile=per_tile, masks_for_bundles=str(mask_dir))  # fmt: skip
-    print(_format_scores(f"{gen.name} tiles ({steps} sampling steps), read by the ruler", figures["generated_64px"],
+                   seconds_per_tile=per_tile, network_evaluations_per_tile=evaluations,
+                   masks_for_bundles=str(mask_dir))  # fmt: skip
+    print(_format_scores(f"{gen.name} tiles ({sampling}), read by the ruler", figures["generated_64px"],
                          masks64))  # fmt: skip
     print(_format_scores("the real tiles of the same masks, read by the ruler", figures["real_64px"], masks64, False))
     device = "GPU" if torch.cuda.is_available() else "CPU"
-    print(f"{gen.name}: {per_tile:.2f} s per 64 px tile ({steps} sampling steps, a batch of {len(masks64)} on the "
+    print(f"{gen.name}: {per_tile:.2f} s per 64 px tile ({sampling}, a batch of {len(masks64)} on the "
           f"{device}); {len(masks64)} held-out masks for the LDM bundles' inference: {mask_dir}")  # fmt: skip
     rows = [
         [colorize(m.numpy()), t64, g, overlay(g, m), overlay(g, s)]
@@ -166,7 +170,7 @@ def _tiles_from_masks(
     grid = save_grid(
         rows, out / "generated_grid.png", legend_colors=True, zoom=2,
         titles=["mask", "real", gen.name, "+ mask", "+ ruler"], legend_note=OVERLAY_NOTE,
-        title=f"{gen.name} tiles for held-out 64 px masks ({steps} sampling steps); {RULER}",
+        title=f"{gen.name} tiles for held-out 64 px masks ({sampling}); {RULER}",
     )  # fmt: skip
     print(f"picture: {grid} (mask, the real tile, {gen.name}'s tile, the mask and the ruler's reading over it)")
 
