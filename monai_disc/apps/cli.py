@@ -15,12 +15,12 @@ __all__ = ["main", "build_parser"]
 
 def _toy_data(args: argparse.Namespace) -> None:
     from monai_disc.data.sicapv2 import format_summary, summarize_sicapv2
-    from monai_disc.data.toy import make_toy_sicapv2, save_contact_sheet
+    from monai_disc.data.toy import TOY_CONFIGS, make_toy_sicapv2, save_contact_sheet
 
     start = time.perf_counter()
-    root = make_toy_sicapv2(
-        args.out, n_slides=args.slides, tile_size=args.tile_size, seed=args.seed, overwrite=args.overwrite
-    )
+    kwargs = TOY_CONFIGS[args.config].build_kwargs()
+    kwargs.update({k: v for k, v in (("n_slides", args.slides), ("tile_size", args.tile_size)) if v is not None})
+    root = make_toy_sicapv2(args.out, seed=args.seed, overwrite=args.overwrite, **kwargs)
     print(f"toy SICAPv2 set at {root} ({time.perf_counter() - start:.1f} s)")
     if args.preview:
         sheet = save_contact_sheet(root, Path(root) / "preview.png")
@@ -221,8 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("toy-data", help="write the procedural toy set in the SICAPv2 layout")
     p.add_argument("--out", required=True, help="output folder (the SICAPv2 root)")
-    p.add_argument("--slides", type=int, default=40, help="number of slides")
-    p.add_argument("--tile-size", type=int, default=128, help="tile size in pixels")
+    p.add_argument(
+        "--config", default="default", choices=["default", "hard"],
+        help="named setting of the generator (hard: the downstream benchmark, docs/downstream.md)",
+    )  # fmt: skip
+    p.add_argument("--slides", type=int, default=None, help="number of slides (default: the config's, 40)")
+    p.add_argument("--tile-size", type=int, default=None, help="tile size in pixels (default: the config's, 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview", action="store_true", help="also write preview.png, tiles beside their masks")
     p.add_argument("--overwrite", action="store_true", help="replace a toy set written with other settings")
