@@ -169,7 +169,8 @@ def slide_cell(
     Returns:
         The cell record (arm, seed, the training summary, AUROC per class and macro).
     """
-    from monai_disc.engines.mil import as_feature_bags, evaluate_transmil, train_transmil
+    from monai_disc.engines.mil import as_feature_bags, train_transmil
+    from monai_disc.metrics.slide import slide_auroc
 
     out = Path(out_dir)
     finished = read_cell(out)
@@ -193,7 +194,7 @@ def slide_cell(
             scores.append(model(sample["features"][None].to(device)).float().cpu()[0].numpy())
             targets.append(sample["label"].numpy())
             ids.append(sample["slide_id"])
-    result = evaluate_transmil(model, bags)
+    result = slide_auroc(np.stack(scores), np.stack(targets))
     trained = json.loads((out / "run" / "result.json").read_text())
     summary = {
         "epochs": trained["epochs"],
