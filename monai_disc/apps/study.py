@@ -246,7 +246,7 @@ def run_study(
             real = (torch.cat([pixel.pool[i][0] for i in ids]), torch.cat([pixel.pool[i][1] for i in ids]))
             synth = pixel.synthetic[arm.generator] if arm.generator else None
             pixel_cell(arm, seed, real, synth, pixel.test, where, steps=pixel.steps, batch_size=pixel.batch_size)
-        _add_seconds(where, time.perf_counter() - start)
+        _annotate(where, time.perf_counter() - start, [str(pool_bags[i]["slide_id"]) for i in train_idx])
 
     if any(read_cell(_cell_dir(out, *c)) is None for c in cells):
         return None
@@ -265,13 +265,14 @@ def _open(opened: dict[str, Any], name: str, bags: Any) -> Any:
     return opened[name]
 
 
-def _add_seconds(where: Path, seconds: float) -> None:
-    """Record the cell's wall time in its cell.json (first run only: a read-back cell keeps its time)."""
+def _annotate(where: Path, seconds: float, train_slides: list[str]) -> None:
+    """Record the cell's wall time and the seed's labelled slides in its cell.json (the pairing, to check)."""
     path = where / "cell.json"
     cell = json.loads(path.read_text())
-    if "seconds" not in cell:
+    if "seconds" not in cell:  # a cell read back keeps the time of the run that trained it
         cell["seconds"] = round(seconds, 2)
-        atomic_write_text(path, json.dumps(cell, indent=1) + "\n")
+    cell["train_slides"] = train_slides
+    atomic_write_text(path, json.dumps(cell, indent=1) + "\n")
 
 
 def _json_default(value: Any) -> Any:
@@ -317,6 +318,7 @@ def _level_report(
     }
     return {
         "metric": "AUROC" if level == "slide" else "IoU",
+        "mean_name": "macro" if level == "slide" else "mIoU",  # the column "macro": the mean over classes
         "arms": [asdict(a) for a in arms],
         "columns": list(_COLUMNS),
         "n_test": int(n_items),
@@ -373,6 +375,12 @@ def _ci(row: Mapping[str, Any], key: str = "point", scale: float = 100.0) -> str
     return f"{row[key] * scale:{sign}.2f}{interval}"
 
 
+def _p(value: float | None, n_boot: int) -> str:
+    if value is None:
+        return "n/a"
+    return f"< {1 / n_boot:.3g}" if value == 0.0 else f"{value:.3f}"
+
+
 def _rows(level: Mapping[str, Any]) -> dict[tuple[str, str], Mapping[str, Any]]:
     return {(r["arm"], r["score"]): r for r in level["rows"]}
 
@@ -392,7 +400,7 @@ def format_study(report: Mapping[str, Any]) -> str:
             f"## {title} (x 100, mean over {len(level['seeds'])} seeds, {pct} % bootstrap intervals over "
             f"{level['n_test']} test {'slides' if key == 'slide' else 'tiles'} and seeds)",
             "",
-            "| arm | " + " | ".join(level["columns"]) + " |",
+            "| arm | " + " | ".join(level["mean_name"] if c == "macro" else c for c in level["columns"]) + " |",
             "|---|" + "---|" * len(level["columns"]),
         ]
         for arm in arms:
@@ -401,13 +409,12 @@ def format_study(report: Mapping[str, Any]) -> str:
             "",
             "Paired difference to real only (same seeds, same test items; p: two-sided bootstrap):",
             "",
-            "| arm | macro difference | p | GG5 difference | p | macro | GG5 |",
+            f"| arm | {level['mean_name']} difference | p | GG5 difference | p | {level['mean_name']} | GG5 |",
             "|---|---|---|---|---|---|---|",
         ]
         for arm in arms[1:]:
             m, g = rows[(arm, "macro")], rows[(arm, "GG5")]
-            p_m = "n/a" if m["p_value"] is None else f"{m['p_value']:.3f}"
-            p_g = "n/a" if g["p_value"] is None else f"{g['p_value']:.3f}"
+            p_m, p_g = _p(m["p_value"], report["n_boot"]), _p(g["p_value"], report["n_boot"])
             v = level["verdicts"][arm]
             lines.append(
                 f"| {arm} | {_ci(m, 'delta')} | {p_m} | {_ci(g, 'delta')} | {p_g} | {v['macro']} | {v['GG5']} |"
@@ -453,7 +460,8 @@ def plot_study(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
                 x = np.array([np.nan if v[what] is None else 100 * v[what] for v in vals])
                 err_lo = np.array([np.nan if v[lo] is None else 100 * v[lo] for v in vals])
                 err_hi = np.array([np.nan if v[hi] is None else 100 * v[hi] for v in vals])
-                ax.errorbar(x, ys, xerr=[x - err_lo, err_hi - x], fmt="o", capsize=3, label=score)
+                label = level["mean_name"] if score == "macro" else score
+                ax.errorbar(x, ys, xerr=[x - err_lo, err_hi - x], fmt="o", capsize=3, label=label)
             if what == "delta":
                 ax.axvline(0.0, color="grey", lw=1)
                 ax.axvspan(-100 * report["margin"], 100 * report["margin"], color="grey", alpha=0.12)
