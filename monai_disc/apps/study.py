@@ -186,39 +186,12 @@ def run_study(
     generators = list(synthetic)
     arms = study_arms(generators, lambdas)
     pixel_arms = study_arms(generators, [pixel.lam], synthetic_only=True) if pixel is not None else []
-    pixel_seeds = [int(s) for s in (pixel.seeds if pixel is not None and pixel.seeds is not None else seeds)]
-    if pixel is None:
-        pixel_seeds = []
+    pixel_seeds = [] if pixel is None else [int(s) for s in (seeds if pixel.seeds is None else pixel.seeds)]
     pool_bags, test_bags = as_feature_bags(pool), as_feature_bags(test)
-    opened: dict[str, Any] = {}
-    record = {
-        "seeds": [int(s) for s in seeds],
-        "n_train": int(n_train),
-        "n_val": int(n_val),
-        "lambdas": [float(v) for v in lambdas],
-        "min_positive": int(min_positive),
-        "generators": generators,
-        "pool": _bags_digest(pool_bags),
-        "test": _bags_digest(test_bags),
-        "synthetic": {g: _bags_digest(_open(opened, g, synthetic[g])) for g in generators},
-        "train": {
-            k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in train_kwargs.items()
-        },
-        "pixel": None
-        if pixel is None
-        else {
-            "lam": pixel.lam,
-            "steps": pixel.steps,
-            "batch_size": pixel.batch_size,
-            "seeds": pixel_seeds,
-            "data": _pixel_digest(pixel),
-            **pixel.settings,
-        },  # fmt: skip
-        **dict(settings or {}),
-    }
-    if (
-        overwrite or compare_settings(out / "cells" / _SETTINGS, record) != []
-    ):  # a new study here: no old report survives
+    opened = {g: as_feature_bags(synthetic[g]) for g in generators}
+    record = _record(pool_bags, test_bags, opened, seeds, n_train, n_val, lambdas, min_positive, pixel, pixel_seeds,
+                     train_kwargs, settings)  # fmt: skip
+    if overwrite or compare_settings(out / "cells" / _SETTINGS, record) != []:  # a new study: no old report survives
         for name in (_JSON, _MD, _PNG):
             (out / name).unlink(missing_ok=True)
     job_settings(out / "cells", record, overwrite=overwrite, name=_SETTINGS)
@@ -234,18 +207,11 @@ def run_study(
         if level == "slide":
             slide_cell(
                 arm, seed, [pool_bags[i] for i in train_idx], [pool_bags[i] for i in val_idx], test_bags,
-                _open(opened, arm.generator, synthetic[arm.generator]) if arm.generator else None, where,
-                **train_kwargs,
+                opened[arm.generator] if arm.generator else None, where, **train_kwargs,
             )  # fmt: skip
         else:
             assert pixel is not None
-            ids = [str(pool_bags[i]["slide_id"]) for i in train_idx]
-            missing = [i for i in ids if i not in pixel.pool]
-            if missing:
-                raise ValueError(f"pixel study: no tiles for training slide(s) {missing[:5]} of seed {seed}")
-            real = (torch.cat([pixel.pool[i][0] for i in ids]), torch.cat([pixel.pool[i][1] for i in ids]))
-            synth = pixel.synthetic[arm.generator] if arm.generator else None
-            pixel_cell(arm, seed, real, synth, pixel.test, where, steps=pixel.steps, batch_size=pixel.batch_size)
+            _pixel_cell(pixel, arm, seed, [str(pool_bags[i]["slide_id"]) for i in train_idx], where)
         _annotate(where, time.perf_counter() - start, [str(pool_bags[i]["slide_id"]) for i in train_idx])
 
     if any(read_cell(_cell_dir(out, *c)) is None for c in cells):
@@ -257,12 +223,55 @@ def run_study(
     return report
 
 
-def _open(opened: dict[str, Any], name: str, bags: Any) -> Any:
-    from monai_disc.engines.mil import as_feature_bags
+def _record(
+    pool: Any,
+    test: Any,
+    synthetic: Mapping[str, Any],
+    seeds: Sequence[int],
+    n_train: int,
+    n_val: int,
+    lambdas: Sequence[float],
+    min_positive: int,
+    pixel: PixelData | None,
+    pixel_seeds: Sequence[int],
+    train_kwargs: Mapping[str, Any],
+    settings: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Every setting the cells depend on, the data as digests (other data under the same names is refused)."""
+    plain = (int, float, str, bool, type(None))
+    return {
+        "seeds": [int(s) for s in seeds],
+        "n_train": int(n_train),
+        "n_val": int(n_val),
+        "lambdas": [float(v) for v in lambdas],
+        "min_positive": int(min_positive),
+        "generators": list(synthetic),
+        "pool": _bags_digest(pool),
+        "test": _bags_digest(test),
+        "synthetic": {g: _bags_digest(bags) for g, bags in synthetic.items()},
+        "train": {k: v if isinstance(v, plain) else repr(v) for k, v in train_kwargs.items()},
+        "pixel": None
+        if pixel is None
+        else {
+            "lam": pixel.lam,
+            "steps": pixel.steps,
+            "batch_size": pixel.batch_size,
+            "seeds": list(pixel_seeds),
+            "data": _pixel_digest(pixel),
+            **pixel.settings,
+        },  # fmt: skip
+        **dict(settings or {}),
+    }
 
-    if name not in opened:
-        opened[name] = as_feature_bags(bags)
-    return opened[name]
+
+def _pixel_cell(pixel: PixelData, arm: Arm, seed: int, train_slides: Sequence[str], where: Path) -> None:
+    """One pixel cell on the tiles of the seed's labelled slides."""
+    missing = [i for i in train_slides if i not in pixel.pool]
+    if missing:
+        raise ValueError(f"pixel study: no tiles for training slide(s) {missing[:5]} of seed {seed}")
+    real = (torch.cat([pixel.pool[i][0] for i in train_slides]), torch.cat([pixel.pool[i][1] for i in train_slides]))
+    synth = pixel.synthetic[arm.generator] if arm.generator else None
+    pixel_cell(arm, seed, real, synth, pixel.test, where, steps=pixel.steps, batch_size=pixel.batch_size)
 
 
 def _annotate(where: Path, seconds: float, train_slides: list[str]) -> None:
