@@ -384,6 +384,11 @@ def _ci(row: Mapping[str, Any], key: str = "point", scale: float = 100.0) -> str
     return f"{row[key] * scale:{sign}.2f}{interval}"
 
 
+def _seeds(level: Mapping[str, Any]) -> str:
+    n = len(level["seeds"])
+    return f"{n} seed{'' if n == 1 else 's'}"
+
+
 def _p(value: float | None, n_boot: int) -> str:
     if value is None:
         return "n/a"
@@ -406,7 +411,7 @@ def format_study(report: Mapping[str, Any]) -> str:
         rows = _rows(level)
         arms = [a["name"] for a in level["arms"]]
         lines += [
-            f"## {title} (x 100, mean over {len(level['seeds'])} seeds, {pct} % bootstrap intervals over "
+            f"## {title} (x 100, mean over {_seeds(level)}, {pct} % bootstrap intervals over "
             f"{level['n_test']} test {'slides' if key == 'slide' else 'tiles'} and seeds)",
             "",
             "| arm | " + " | ".join(level["mean_name"] if c == "macro" else c for c in level["columns"]) + " |",
@@ -478,7 +483,7 @@ def plot_study(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
             ax.set_yticklabels(arms)
             ax.invert_yaxis()
             ax.set_xlabel(f"{title} (x 100)")
-            ax.set_title(f"{key} level: {title}, {int(100 * report['level'])} % intervals, {len(level['seeds'])} seeds")
+            ax.set_title(f"{key} level: {title}, {int(100 * report['level'])} % intervals, {_seeds(level)}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
     fig.tight_layout()
