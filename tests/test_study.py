@@ -119,6 +119,17 @@ def test_rank_shards_split_the_cells_and_the_last_rank_writes_the_same_report(da
     assert report["slide"]["rows"] == whole["slide"]["rows"]  # same cells, same numbers as one process
 
 
+def test_two_generators_with_the_same_slides_train_the_same_and_compare_as_equal(data, tmp_path):
+    same = {"gen": data["synthetic"]["gen"], "alt": data["synthetic"]["gen"]}
+    report = run_study(data["pool"], data["test"], same, tmp_path / "same", **{**SMALL, "seeds": (0, 1)})
+    rows = {(r["arm"], r["score"]): r for r in report["slide"]["rows"]}
+    assert rows[("alt@0.5", "macro")]["point"] == rows[("gen@0.5", "macro")]["point"]  # same data, same seed
+    between = {(r["arm"], r["versus"], r["score"]): r for r in report["slide"]["between_generators"]}
+    macro = between[("alt@0.5", "gen@0.5", "macro")]
+    assert macro["delta"] == macro["delta_low"] == macro["delta_high"] == 0.0 and macro["verdict"] == "does not help"
+    assert "Between generators" in (tmp_path / "same" / "study.md").read_text()
+
+
 def _tiles(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Tiles whose label is told by their colour: label k paints channel k % 3 bright where the mask is k."""
     g = torch.Generator().manual_seed(seed)

@@ -325,6 +325,7 @@ def _level_report(
         for a, arm in enumerate(names)
         if arm != REAL_ONLY
     }
+    between = _between_generators(statistic, n_items, len(seeds), arms, n_boot, margin)
     return {
         "metric": "AUROC" if level == "slide" else "IoU",
         "mean_name": "macro" if level == "slide" else "mIoU",  # the column "macro": the mean over classes
@@ -349,8 +350,37 @@ def _level_report(
             if arm != REAL_ONLY
         ],  # fmt: skip
         "verdicts": verdicts,
+        "between_generators": between,
         "cell_seconds": round(seconds, 1),
     }
+
+
+def _between_generators(
+    statistic: Any, n_items: int, n_seeds: int, arms: Sequence[Arm], n_boot: int, margin: float
+) -> list[dict[str, Any]]:
+    """Each generator's arm against the first generator's arm of the same lambda, paired the same way (the same
+    resamples as the comparison with real only)."""
+    first = {
+        arm.lam: a for a, arm in enumerate(arms) if arm.generator is not None and arm.generator == arms[1].generator
+    }
+    rows = []
+    for lam, reference in first.items():
+        others = [a for a, arm in enumerate(arms) if arm.lam == lam and arm.generator not in (None, arms[1].generator)]
+        if not others:
+            continue
+        result = bootstrap_arms(statistic, n_items, n_seeds, n_boot=n_boot, seed=0, reference=reference)
+        for a in others:
+            for m, col in enumerate(_COLUMNS):
+                if col not in ("GG5", "macro"):
+                    continue
+                low, high = float(result["delta_low"][a, m]), float(result["delta_high"][a, m])
+                values = {"delta": float(result["delta"][a, m]), "delta_low": low, "delta_high": high,
+                          "p_value": float(result["p_value"][a, m])}  # fmt: skip
+                rows.append(
+                    {"arm": arms[a].name, "versus": arms[reference].name, "score": col,
+                     **{k: None if math.isnan(v) else v for k, v in values.items()}, "verdict": verdict(low, high, margin)}
+                )  # fmt: skip
+    return rows
 
 
 def _report(
@@ -433,6 +463,13 @@ def format_study(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {arm} | {_ci(m, 'delta')} | {p_m} | {_ci(g, 'delta')} | {p_g} | {v['macro']} | {v['GG5']} |"
             )
+        if level.get("between_generators"):
+            lines += ["", "Between generators (the same lambda, paired the same way):", "",
+                      "| arm | against | score | difference | p | verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
+            for r in level["between_generators"]:
+                name = level["mean_name"] if r["score"] == "macro" else r["score"]
+                lines.append(f"| {r['arm']} | {r['versus']} | {name} | {_ci(r, 'delta')} | "
+                             f"{_p(r['p_value'], report['n_boot'])} | {r['verdict']} |")  # fmt: skip
         lines += [
             "",
             f"Verdicts: 'helps'/'hurts' when the {pct} % interval of the difference excludes 0; 'does not help' when "
