@@ -174,3 +174,22 @@ def test_pixel_level_runs_real_mixed_and_synthetic_only_arms(data, tmp_path):
     with np.load(again / "scores.npz") as redone, np.load(out / "cells/pixel/real/seed=0/scores.npz") as first:
         np.testing.assert_array_equal(redone["confusion"], first["confusion"])
     shutil.rmtree(again)
+
+
+def test_prepare_draws_once_and_never_reuses_slides_drawn_with_other_settings(tmp_path):
+    from monai_disc.apps.study import prepare_study
+    from monai_disc.data.toy import make_toy_sicapv2
+    from monai_disc.inferers import DEFAULT_GENERATOR
+
+    root = make_toy_sicapv2(tmp_path / "toy", n_slides=6, tile_size=64, tiles_per_slide=(1, 2), n_wsi=0)
+    draw = {"data": root, "generators": ["sd", "default", "sd"], "n_synthetic": 2, "synthetic_tiles": (2, 2),
+            "num_inference_steps": 2, "progress": False}  # fmt: skip
+    prepared = prepare_study(tmp_path / "study", **draw)
+    assert prepared["settings"]["drawn"] == list(dict.fromkeys(["sd", DEFAULT_GENERATOR]))  # each once
+    assert set(prepared["synthetic"]) == set(prepared["settings"]["drawn"])
+    manifest = tmp_path / "study" / "synthetic" / "sd" / "manifest.csv"
+    stamp = manifest.stat().st_mtime_ns
+    prepare_study(tmp_path / "study", **draw)  # the same settings: nothing drawn again
+    assert manifest.stat().st_mtime_ns == stamp
+    with pytest.raises(SettingsMismatchError, match="num_inference_steps: 2 -> 3"):
+        prepare_study(tmp_path / "study", **{**draw, "num_inference_steps": 3})

@@ -174,14 +174,9 @@ def _lambda_sweep(args: argparse.Namespace) -> None:
 def _study(args: argparse.Namespace) -> None:
     from monai_disc.apps.study import PixelData, format_study, prepare_study, run_study
 
-    generators = None if args.generators is None else [g for g in args.generators if g != "default"]
-    if args.generators is not None and "default" in args.generators:
-        from monai_disc.inferers import DEFAULT_GENERATOR
-
-        generators = list(dict.fromkeys([*generators, DEFAULT_GENERATOR]))
     prepared = prepare_study(
         args.out, data=args.data, toy_config=args.toy_config, toy_seed=args.toy_seed,
-        synthetic=_named_dirs(args.synthetic, "--synthetic"), generators=generators,
+        synthetic=_named_dirs(args.synthetic, "--synthetic"), generators=args.generators,
         n_synthetic=args.synthetic_slides, synthetic_tiles=tuple(args.synthetic_tiles), bundles_dir=args.bundles,
         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, extractor=args.extractor,
         weights=args.weights, pixel=args.pixel_seeds != 0, pixel_test_tiles=args.pixel_test_tiles,

@@ -646,9 +646,9 @@ def prepare_study(
         out_dir: the study folder (``toy/``, ``synthetic/<generator>/``, ``features/`` go there).
         data: a SICAPv2-layout root; None draws the toy set ``toy_config`` (``TOY_CONFIGS``) with ``toy_seed``.
         synthetic: name -> a synthetic slide folder (``generate-slides`` output) to use as it is.
-        generators: registered generators that draw ``n_synthetic`` slides each; None: SD, SD-GD and the default
-            generator at run time (:data:`monai_disc.inferers.DEFAULT_GENERATOR`), each once, unless ``synthetic``
-            is given.
+        generators: registered generators that draw ``n_synthetic`` slides each; ``"default"`` stands for the
+            default generator at run time (:data:`monai_disc.inferers.DEFAULT_GENERATOR`); a generator named twice
+            draws once. None: ``sd``, ``gd`` and ``default``, unless ``synthetic`` is given.
         n_synthetic: synthetic slides per generator (every primary grade alike).
         synthetic_tiles: inclusive range of tiles per synthetic slide.
         bundles_dir: folder of the bundles' weights; None: the source checkout's.
@@ -702,13 +702,14 @@ def prepare_study(
 
     folders = {name: Path(path).expanduser() for name, path in (synthetic or {}).items()}
     if generators is None and not folders:
-        generators = list(dict.fromkeys(["sd", "gd", DEFAULT_GENERATOR]))
-    unknown = [g for g in generators or [] if g not in GENERATORS]
+        generators = ["sd", "gd", "default"]
+    generators = list(dict.fromkeys(DEFAULT_GENERATOR if g == "default" else g for g in generators or []))
+    unknown = [g for g in generators if g not in GENERATORS]
     if unknown:
         raise ValueError(f"unknown generator(s) {unknown}; choose from {sorted(GENERATORS)}")
     steps = DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None else int(num_inference_steps)
     sampling = {"num_inference_steps": steps, "guidance_scale": float(guidance_scale)}
-    for name in generators or []:
+    for name in generators:
         if name in folders:
             raise ValueError(f"generator {name!r} is given both as a folder and to draw")
         folders[name] = _draw_synthetic(root, out, name, n_synthetic, tuple(synthetic_tiles), tile_size, sampling,
@@ -716,7 +717,7 @@ def prepare_study(
     settings.update(
         {
             "default_generator": DEFAULT_GENERATOR,
-            "drawn": list(generators or []),
+            "drawn": list(generators),
             "synthetic_folders": {k: str(v) for k, v in folders.items()},
             "n_synthetic": int(n_synthetic),
             "synthetic_tiles": list(synthetic_tiles),
