@@ -15,12 +15,12 @@ __all__ = ["main", "build_parser"]
 
 def _toy_data(args: argparse.Namespace) -> None:
     from monai_disc.data.sicapv2 import format_summary, summarize_sicapv2
-    from monai_disc.data.toy import make_toy_sicapv2, save_contact_sheet
+    from monai_disc.data.toy import TOY_CONFIGS, make_toy_sicapv2, save_contact_sheet
 
     start = time.perf_counter()
-    root = make_toy_sicapv2(
-        args.out, n_slides=args.slides, tile_size=args.tile_size, seed=args.seed, overwrite=args.overwrite
-    )
+    kwargs = TOY_CONFIGS[args.config].build_kwargs()
+    kwargs.update({k: v for k, v in (("n_slides", args.slides), ("tile_size", args.tile_size)) if v is not None})
+    root = make_toy_sicapv2(args.out, seed=args.seed, overwrite=args.overwrite, **kwargs)
     print(f"toy SICAPv2 set at {root} ({time.perf_counter() - start:.1f} s)")
     if args.preview:
         sheet = save_contact_sheet(root, Path(root) / "preview.png")
@@ -175,6 +175,35 @@ def _lambda_sweep(args: argparse.Namespace) -> None:
     print(format_sweep(summary))
 
 
+def _study(args: argparse.Namespace) -> None:
+    from monai_disc.apps.study import PixelData, format_study, prepare_study, run_study
+
+    prepared = prepare_study(
+        args.out, data=args.data, toy_config=args.toy_config, toy_seed=args.toy_seed,
+        synthetic=_named_dirs(args.synthetic, "--synthetic"), generators=args.generators,
+        n_synthetic=args.synthetic_slides, synthetic_tiles=tuple(args.synthetic_tiles), bundles_dir=args.bundles,
+        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, extractor=args.extractor,
+        weights=args.weights, pixel=args.pixel_seeds != 0, pixel_test_tiles=args.pixel_test_tiles,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    pixel = None
+    if prepared["pixel"] is not None:
+        seeds = None if args.pixel_seeds is None else list(range(args.pixel_seeds))
+        pixel = PixelData(**prepared["pixel"], lam=args.pixel_lambda, steps=args.pixel_steps, seeds=seeds,
+                          settings={"test_tiles": args.pixel_test_tiles})  # fmt: skip
+    report = run_study(
+        prepared["pool"], prepared["test"], prepared["synthetic"], args.out, seeds=list(range(args.seeds)),
+        n_train=args.train_slides, n_val=args.val_slides, lambdas=args.lambdas, pixel=pixel, n_boot=args.bootstrap,
+        settings=prepared["settings"], overwrite=args.overwrite, network=args.network, max_epochs=args.max_epochs,
+        patience=args.patience, tensorboard=False,
+    )  # fmt: skip
+    if report is None:
+        print("study: this rank's cells are finished; the report is written by the rank that finishes the last one")
+    else:
+        print(format_study(report))
+        print(f"report: {Path(args.out) / 'study.md'}, {Path(args.out) / 'study.json'}, {Path(args.out) / 'study.png'}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from monai_disc.apps.demo import run_demo
 
@@ -236,8 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("toy-data", help="write the procedural toy set in the SICAPv2 layout")
     p.add_argument("--out", required=True, help="output folder (the SICAPv2 root)")
-    p.add_argument("--slides", type=int, default=40, help="number of slides")
-    p.add_argument("--tile-size", type=int, default=128, help="tile size in pixels")
+    p.add_argument(
+        "--config", default="default", choices=["default", "hard"],
+        help="named setting of the generator (hard: the downstream benchmark, docs/downstream.md)",
+    )  # fmt: skip
+    p.add_argument("--slides", type=int, default=None, help="number of slides (default: the config's, 40)")
+    p.add_argument("--tile-size", type=int, default=None, help="tile size in pixels (default: the config's, 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview", action="store_true", help="also write preview.png, tiles beside their masks")
     p.add_argument("--overwrite", action="store_true", help="replace a toy set written with other settings")
@@ -348,6 +381,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--network", default="transmil", choices=["transmil", "transmil_toy"])
     p.set_defaults(func=_lambda_sweep)
+
+    p = sub.add_parser("study", help="paired arms with and without synthetic data, seeds, confidence intervals")
+    p.add_argument("--out", required=True, help="study folder (resumable; a rerun with other settings stops)")
+    p.add_argument("--data", default=None, help="SICAPv2-layout root (default: draw the toy benchmark)")
+    p.add_argument("--toy-config", default="hard", choices=["default", "hard"], help="toy set drawn without --data")
+    p.add_argument("--toy-seed", type=int, default=0)
+    p.add_argument("--synthetic", action="append", default=[], metavar="NAME=DIR", help="synthetic slide folders")
+    p.add_argument(
+        "--generators", nargs="+", default=None,
+        help="generators that draw synthetic slides ('default': the default generator at run time); "
+        "default: sd gd default, unless --synthetic is given",
+    )  # fmt: skip
+    _add_sampling(p, generator=False)
+    p.add_argument("--synthetic-slides", type=int, default=64, help="synthetic slides per generator")
+    p.add_argument("--synthetic-tiles", type=int, nargs=2, default=[4, 8], metavar=("MIN", "MAX"))
+    p.add_argument("--extractor", default="carcinonet_toy", help="tile feature extractor")
+    p.add_argument("--weights", default=None, help="local weight file of the extractor")
+    p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (each: one real subset, one initialisation)")
+    p.add_argument("--train-slides", type=int, default=24, help="labelled real slides per seed")
+    p.add_argument("--val-slides", type=int, default=24, help="real validation slides per seed (early stopping)")
+    p.add_argument("--lambdas", type=float, nargs="+", default=[0.3, 0.5])
+    p.add_argument("--network", default="transmil_toy", choices=["transmil", "transmil_toy"])
+    p.add_argument("--max-epochs", type=int, default=40)
+    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--pixel-seeds", type=int, default=None, help="seeds of the CarcinoNet arms (0: none; default all)")
+    p.add_argument("--pixel-steps", type=int, default=200, help="CarcinoNet training steps per cell")
+    p.add_argument("--pixel-lambda", type=float, default=0.5)
+    p.add_argument("--pixel-test-tiles", type=int, default=400)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the report")
+    p.add_argument("--overwrite", action="store_true", help="start over in a study folder of other settings")
+    p.set_defaults(func=_study)
 
     p = sub.add_parser("demo", help="the main job on the embedded toy data")
     p.add_argument("--out", default="demo_out", help="output folder")

@@ -345,3 +345,47 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def _hematoxylin(tile: np.ndarray) -> float:
+    """Mean darkness of the blue-purple channel: crowded GG5 nuclei are darker than GG4's glands."""
+    return float(255.0 - tile[..., 0].astype(float).mean())
+
+
+def test_gg45_mix_brings_gg4_and_gg5_closer_and_zero_draws_the_default():
+    from monai_disc.data.toy.plan import _rng
+
+    gg4, gg5 = np.full((64, 64), 2, np.uint8), np.full((64, 64), 3, np.uint8)
+    gaps = {}
+    for mix in (0.0, 0.5):
+        darkness = {
+            label: np.mean([_hematoxylin(draw_tile(m, _rng(7, i), gg45_mix=mix)) for i in range(8)])
+            for label, m in ((2, gg4), (3, gg5))
+        }
+        gaps[mix] = darkness[3] - darkness[2]
+    assert gaps[0.0] > 3.0, gaps  # apart as drawn
+    assert abs(gaps[0.5]) < 0.5 * gaps[0.0], gaps  # at half and half the two grades look alike
+    same = draw_tile(gg5, _rng(1, 2)), draw_tile(gg5, _rng(1, 2), gg45_mix=0.0)
+    assert np.array_equal(*same)
+    with pytest.raises(ValueError, match="gg45_mix"):
+        draw_tile(gg5, _rng(1, 2), gg45_mix=0.7)
+
+
+def test_hard_config_records_its_knobs_and_splits_half_the_patients(tmp_path):
+    from monai_disc.data.toy import TOY_CONFIGS
+
+    kwargs = TOY_CONFIGS["hard"].build_kwargs() | {"n_slides": 24, "tiles_per_slide": (1, 2)}
+    root = make_toy_sicapv2(tmp_path / "hard", seed=1, num_workers=1, **kwargs)
+    marker = json.loads((root / ".toy_complete.json").read_text())
+    assert marker["gg45_mix"] == 0.3 and marker["test_share"] == 0.5 and marker["gleason_pairs"][5] == [[2, 3], 0.05]
+    assert is_complete(root, gleason_pairs=kwargs["gleason_pairs"], gg45_mix=0.3)
+    assert not is_complete(root, gg45_mix=0.2)
+    slides = pd.read_excel(root / "wsi_labels.xlsx")
+    patient = dict(zip(slides.slide_id, slides.patient_id))
+    test_patients = {patient[n.split("_")[0]] for n in _sheets(root)["Test/Test"].image_name}
+    assert 0.4 <= len(test_patients) / slides.patient_id.nunique() <= 0.6  # half the patients, not a quarter
+    default = make_toy_sicapv2(tmp_path / "default", n_slides=6, tile_size=64, n_wsi=0, tiles_per_slide=(1, 2))
+    keys = set(json.loads((default / ".toy_complete.json").read_text()))
+    assert not keys & {"gleason_pairs", "gg45_mix", "test_share"}  # default builds record what they always did
+    with pytest.raises(ValueError, match="test_share"):
+        make_toy_sicapv2(tmp_path / "bad", n_slides=6, test_share=1.0)
