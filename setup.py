@@ -31,13 +31,16 @@ EXTRAS_REQUIRE = {
     # nystrom-attention: the reference the project's own (scriptable) Nystrom attention is tested against
     "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.5", "mkdocs>=1.5", "nystrom-attention>=0.0.11"],
     # the set that starts monailabel 0.8.5: pydicom 3 lacks pydicom._storage_sopclass_uids (MONAILabel #1841)
-    # scikit-image: the app's polygons (monailabel brings it too)
+    # scikit-image (the app's polygons), fastapi, anyio, pydantic (its routes): monailabel brings them too
     "monailabel": [
         "monailabel==0.8.5",
         "pydicom==2.4.5",
         "pynetdicom==2.1.1",
         "dicomweb-client==0.59.1",
         "scikit-image>=0.21",
+        "fastapi",
+        "anyio",
+        "pydantic>=2",
     ],
 }
 

@@ -15,7 +15,7 @@ BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 
 def test_demo_tells_its_story_with_the_shipped_weights(tmp_path, capsys):
     # 12 slides: the smallest toy set whose validation slides can score an AUROC in the scarce-slides step
-    figures = run_demo(tmp_path, BUNDLES, num_tiles=4, num_inference_steps=10, n_slides=12, num_synthetic_slides=4)
+    figures = run_demo(tmp_path, BUNDLES, num_tiles=4, num_inference_steps=10, n_slides=12, num_synthetic_slides=8)
     captured = capsys.readouterr()
     printed = captured.out.strip().splitlines()
     for name in ("toy_preview.png", "generated_grid.png", "carcinonet_overlays.png", "scarce_slides.png",
@@ -63,4 +63,4 @@ def test_demo_tells_its_story_with_the_shipped_weights(tmp_path, capsys):
     assert len(scan) == 4 and not scan.failures
     # a rerun with other settings stops, naming them
     with pytest.raises(ValueError, match=r"other settings \(num_inference_steps: 10 -> 11\)"):
-        run_demo(tmp_path, BUNDLES, num_tiles=4, num_inference_steps=11, n_slides=12, num_synthetic_slides=4)
+        run_demo(tmp_path, BUNDLES, num_tiles=4, num_inference_steps=11, n_slides=12, num_synthetic_slides=8)

@@ -210,6 +210,7 @@ def _train_then_sample(path: Path, toy512: Path, tmp_path: Path, capsys) -> None
         "--config_file", "['configs/inference.yaml','configs/sicapv2_512.yaml']",
         "--meta_file", "configs/metadata.json",
         "--dataset_dir", str(masks), "--output_dir", str(out), "--model_dir", str(models),
+        "--ckpt_path", str(models / "model.pt"),  # the network trained above, not the default generator's file
         "--compvis_vq_f4", str(path), "--num_inference_steps", "2", "--batch_size", "1",
     ]  # fmt: skip
     result = subprocess.run(

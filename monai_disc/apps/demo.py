@@ -293,7 +293,7 @@ def _scarce_slides(
         f"What it shows: with {SCARCE_SLIDES} real slides the grader is off its ceiling, and synthetic slides move it; "
         f"{len(test)} test slides and {len(seeds)} seeds cannot tell a gain of a few points from noise (one test "
         "slide ranked the other way moves a class's AUROC by several points). `monai-disc study` measures it with "
-        f"power (docs/study.md). {time.perf_counter() - start:.0f} s; picture: {out / 'scarce_slides.png'}"
+        f"power (docs/downstream.md). {time.perf_counter() - start:.0f} s; picture: {out / 'scarce_slides.png'}"
     )
     result["summary"] = summary.to_dict("records")
     return result
