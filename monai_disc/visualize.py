@@ -6,17 +6,19 @@ writers share); every picture that shows masks draws :func:`legend` with them.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .io import atomic_path
+from .io import atomic_path, atomic_write_bytes
 from .labels import LABEL_COLORS, LABEL_NAMES, GleasonLabel, colorize
 
-__all__ = ["LABEL_COLORS", "OVERLAY_NOTE", "font", "legend", "overlay", "save_grid", "save_picture", "text_size", "to_uint8"]
+__all__ = ["LABEL_COLORS", "OVERLAY_NOTE", "font", "save_figure", "legend", "overlay", "save_grid", "save_picture", "text_size", "to_uint8"]
 
 
 def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -213,6 +215,23 @@ def _wrap(text: str, f: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int
         else:
             lines.append(word)
     return lines or [""]
+
+
+def save_figure(figure: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out a matplotlib figure, save it as PNG atomically (temp file then rename) and close it.
+
+    Args:
+        figure: a ``matplotlib.figure.Figure``.
+        path: the PNG to write.
+        dpi: resolution.
+    """
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_picture(picture: np.ndarray | Image.Image, path: str | Path) -> Path:

@@ -16,7 +16,6 @@ The last lines say what was shown and where to look next.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -36,12 +35,12 @@ from monai_disc.data import format_summary, load_sicapv2, make_toy_sicapv2, save
 from monai_disc.data.synthetic import IMAGES_DIR, MASKS_DIR
 from monai_disc.data.tilesets import load_sicapv2_bags, load_synthetic_bags
 from monai_disc.inferers import DEFAULT_GENERATOR, LDMGenerator, load_generator
-from monai_disc.io import atomic_write_bytes, atomic_write_text, compare_settings, settings_error
+from monai_disc.io import atomic_write_text, compare_settings, settings_error
 from monai_disc.labels import LABEL_NAMES, NUM_CLASSES, colorize
-from monai_disc.masks import ShapeBank, plan_synthetic_slides
+from monai_disc.masks import ShapeBank, plan_synthetic_slides, plans_in_turn
 from monai_disc.metrics import MaskFidelity
 from monai_disc.networks import FeatureBagDataset, build_extractor, carcinonet_toy, extract_bag_features, load_weights
-from monai_disc.visualize import OVERLAY_NOTE, overlay, save_grid, save_picture
+from monai_disc.visualize import OVERLAY_NOTE, overlay, save_figure, save_grid, save_picture
 
 __all__ = ["run_demo"]
 
@@ -201,25 +200,12 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
     atomic_write_text(out / _DEMO_SETTINGS, json.dumps(settings, indent=1, sort_keys=True) + "\n")
 
 
-def _spread_over_grades(plans: list, n: int) -> list:
-    """Up to ``n`` plans taken in turn from each (primary, secondary) pair, so a few slides cover every grade."""
-    pairs: dict[tuple[int, int], list] = {}
-    for plan in plans:
-        pairs.setdefault((plan.primary, plan.secondary), []).append(plan)
-    picked, queues = [], [list(v) for _, v in sorted(pairs.items(), key=lambda kv: (-kv[0][0], -kv[0][1]))]
-    while len(picked) < n and any(queues):
-        for queue in queues:
-            if queue and len(picked) < n:
-                picked.append(queue.pop(0))
-    return picked
-
-
 def _synthetic_slides(root: Path, out: Path, generator: LDMGenerator, num_slides: int) -> str:
     """Step 4: planned synthetic slides drawn by ``generator`` across the primary/secondary grades, one as a grid."""
     _step(4, f"{num_slides} synthetic slides planned across the grades and drawn by {generator.name}")
     bank = ShapeBank.from_data_list(load_sicapv2(root, "Test", "Train"), size=64)
-    # the plans come sorted by grade: taking the first ones would give NC slides only
-    plans = _spread_over_grades(plan_synthetic_slides(root, bank, target=100, n_tiles=(8, 12)), num_slides)
+    plans = plans_in_turn(plan_synthetic_slides(root, bank, target=100, n_tiles=(8, 12)), num_slides,
+                          key=lambda plan: (-plan.primary, -plan.secondary))  # fmt: skip
     start = time.perf_counter()
     generate_slides(plans, out, generator, bank, progress=False)
     seconds = (time.perf_counter() - start) / sum(p.n_tiles for p in plans)
@@ -323,11 +309,7 @@ def _plot_paired(arms: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize="small", loc="lower left")
     fig.suptitle(title, fontsize="medium")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return save_figure(fig, path)
 
 
 def _whole_slides(panda: Path, out: Path, bundles_dir: str | os.PathLike | None, tile_size: int) -> list[dict]:

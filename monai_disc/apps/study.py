@@ -27,7 +27,6 @@ benchmark) and generator names: synthetic slides, feature bags, tiles.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -41,8 +40,9 @@ import numpy as np
 import torch
 
 from monai_disc.engines.study import REAL_ONLY, Arm, paired_subset, pixel_cell, read_cell, slide_cell, study_arms
-from monai_disc.io import atomic_write_bytes, atomic_write_text, compare_settings, job_settings
+from monai_disc.io import atomic_write_text, compare_settings, job_settings
 from monai_disc.labels import LABEL_NAMES
+from monai_disc.masks import plans_in_turn
 from monai_disc.metrics.bootstrap import (
     as_plain,
     bootstrap_arms,
@@ -51,6 +51,7 @@ from monai_disc.metrics.bootstrap import (
     slide_statistic,
     verdict,
 )
+from monai_disc.visualize import save_figure
 
 __all__ = [
     "DEFAULT_LAMBDAS",
@@ -523,24 +524,7 @@ def plot_study(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
             ax.set_title(f"{key} level: {title}, {int(100 * report['level'])} % intervals, {_seeds(level)}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def _spread(plans: Sequence[Any], n: int) -> list:
-    """Up to ``n`` plans taken in turn from each primary grade (so the synthetic set covers every grade)."""
-    by_grade: dict[int, list] = {}
-    for plan in plans:
-        by_grade.setdefault(int(plan.primary), []).append(plan)
-    queues, picked = [by_grade[g] for g in sorted(by_grade)], []
-    while len(picked) < n and any(queues):
-        for queue in queues:
-            if queue and len(picked) < n:
-                picked.append(queue.pop(0))
-    return picked
+    return save_figure(fig, path)
 
 
 def _draw_synthetic(
@@ -576,7 +560,7 @@ def _draw_synthetic(
         per_grade = -(-n_slides // 4)
         plans = plan_synthetic_slides({g: 0 for g in range(4)}, bank, target=per_grade, n_tiles=tiles)
         generator = load_generator(name, bundles_dir, **sampling)
-        generate_slides(_spread(plans, n_slides), folder, generator, bank, rank=rank, world_size=world_size,
+        generate_slides(plans_in_turn(plans, n_slides), folder, generator, bank, rank=rank, world_size=world_size,
                         progress=progress)  # fmt: skip
         wait_for_file(folder / "manifest.csv", f"synthetic slides of {name}")
     return folder

@@ -20,7 +20,6 @@ writes the table and the plot (no collective).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -31,8 +30,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from monai_disc.io import atomic_write_bytes, atomic_write_text
+from monai_disc.io import atomic_write_text
 from monai_disc.labels import LABEL_NAMES
+from monai_disc.visualize import save_figure
 
 __all__ = [
     "BASELINE",
@@ -226,11 +226,7 @@ def plot_sweep(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
             ax.set_title(f"{test}: {title}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return save_figure(fig, path, dpi=120)
 
 
 def lambda_sweep(

@@ -39,6 +39,7 @@ __all__ = [
     "load_plans",
     "plan_slide",
     "plan_synthetic_slides",
+    "plans_in_turn",
     "save_plans",
     "secondary_candidates",
     "tile_noise_seed",
@@ -488,3 +489,26 @@ def load_plans(path: str | os.PathLike) -> list[SlidePlan]:
         return [SlidePlan.from_dict(d) for d in content["slides"]]
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a slide plan file: {type(err).__name__}: {err}") from None
+
+
+def plans_in_turn(
+    plans: Sequence[SlidePlan], n: int, key: Callable[[SlidePlan], Any] = lambda plan: plan.primary
+) -> list[SlidePlan]:
+    """Up to ``n`` plans taken in turn from each group of equal ``key`` (groups in sorted key order), so a few
+    slides cover every grade: :func:`plan_synthetic_slides` returns them sorted by grade, and its first ``n`` would
+    all be NC.
+
+    Args:
+        plans: slide plans.
+        n: how many to take at most.
+        key: the grouping (default: the primary grade; ``(primary, secondary)`` pairs spread further).
+    """
+    groups: dict[Any, list[SlidePlan]] = {}
+    for plan in plans:
+        groups.setdefault(key(plan), []).append(plan)
+    queues, picked = [list(groups[k]) for k in sorted(groups)], []
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop(0))
+    return picked
