@@ -240,22 +240,7 @@ async def infer_wsi(
     output: str | None = None,
 ) -> Any:
     """QuPath's region request when the server holds the image: the ``wsi`` fields as a JSON body."""
-    try:
-        wsi = json_field("body", await request.body())
-    except ClientError as err:
-        raise _fail(err) from None
-    instance = app_instance()
-    return await _work(
-        _run_wsi,
-        background_tasks,
-        model,
-        image,
-        session_id,
-        None,
-        wsi,
-        output,
-        limiter=_infer_limiter(instance, model, "regions"),
-    )
+    return await _region(background_tasks, model, image, session_id, None, "body", await request.body(), output)
 
 
 @router.post("/infer/wsi_v2/{model}")
@@ -269,22 +254,27 @@ async def infer_wsi_v2(
     output: str | None = None,
 ) -> Any:
     """A region of a datastore slide (``image``) or of an uploaded file; ``wsi`` is a JSON form field."""
+    return await _region(background_tasks, model, image, session_id, file, "wsi", wsi, output)
+
+
+async def _region(
+    background_tasks: BackgroundTasks,
+    model: str,
+    image: str,
+    session_id: str,
+    upload: UploadFile | None,
+    field: str,
+    wsi: str | bytes,
+    output: str | None,
+) -> Any:
+    """Both region doors: the ``wsi`` fields parsed as JSON (a 400 naming ``field`` otherwise), then the region on
+    the model's region pool."""
     try:
-        parsed = json_field("wsi", wsi)
+        parsed = json_field(field, wsi)
     except ClientError as err:
         raise _fail(err) from None
-    instance = app_instance()
-    return await _work(
-        _run_wsi,
-        background_tasks,
-        model,
-        image,
-        session_id,
-        file,
-        parsed,
-        output,
-        limiter=_infer_limiter(instance, model, "regions"),
-    )
+    limiter = _infer_limiter(app_instance(), model, "regions")
+    return await _work(_run_wsi, background_tasks, model, image, session_id, upload, parsed, output, limiter=limiter)
 
 
 def _run_infer(
