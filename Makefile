@@ -18,7 +18,7 @@ demo: install
 
 test: install-dev
 	$(PY) -m ruff check monai_disc tests bench
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # Resolve the whole set (base, dev, monailabel) once with uv's resolver and write the lock every install reads.
 lock:
