@@ -7,11 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from bundle_utils import BUNDLES
 from PIL import Image
+
+from monai_disc.inferers import DEFAULT_GENERATOR, GENERATORS
 
 
 def _run(bundle: str, *args: str) -> subprocess.CompletedProcess:
@@ -92,11 +95,12 @@ def test_ldm_bundle_refuses_a_checkpoint_of_another_network_naming_it(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(BUNDLES / "gleason_ldm" / "models" / "autoencoder.pt", models / "autoencoder.pt")
-    shutil.copy(BUNDLES / "carcinonet" / "models" / "model.pt", models / "model.pt")
+    weights = models / Path(GENERATORS[DEFAULT_GENERATOR].weights).name  # the file the bundle loads by default
+    shutil.copy(BUNDLES / "carcinonet" / "models" / "model.pt", weights)
     proc = _run("gleason_ldm", "--model_dir", str(models), "--output_dir", str(tmp_path / "o"))
     assert proc.returncode == 2
     (line,) = _errors(proc)
-    assert line.startswith(f"error: cannot load {models / 'model.pt'}: does not fit MaskConditionedUNet: ")
+    assert line.startswith(f"error: cannot load {weights}: does not fit MaskConditionedUNet: ")
     assert "missing keys: ['null_tokens'" in line and "unexpected keys: ['encoder.conv1.weight'" in line
 
 

@@ -37,11 +37,13 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
 from monai_disc.data.sicapv2 import load_sicapv2
+from monai_disc.inferers import DEFAULT_GENERATOR, GENERATORS
 from monai_disc.networks import carcinonet_toy, transmil_toy, vq_f4_toy
 from monai_disc.visualize import to_uint8
 
 TOY_PX = 64
 LDM_STEPS, LDM_SEED = "3", "5"
+DEFAULT_WEIGHTS = Path(GENERATORS[DEFAULT_GENERATOR].weights).name  # what bundle gleason_ldm loads by default
 PASSING, FAILING = ("carcinonet", "transmil"), ("gleason_ldm", "gleason_ldm_disc")
 
 
@@ -207,9 +209,10 @@ def test_feature_extractor_of_the_transmil_inference_config_is_the_trained_one()
 # --------------------------------------------------------------------- MONAI Label's runner vs bundle run
 
 
-def _monailabel_infer(bundle: str, data: dict) -> dict:
+def _monailabel_infer(bundle: str, data: dict, model_filename: str = "model.pt") -> dict:
     """What MONAI Label's BundleInferTask does with one request: the bundle's pre-transforms on `image`, its
-    inferer over the network it loads from models/model.pt itself, its Compose post-transforms; no handler."""
+    inferer over the network it loads itself from models/<model_filename> (its options list every models/*.pt,
+    model.pt first), its Compose post-transforms; no handler."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from monailabel.tasks.infer.bundle import BundleInferTask
@@ -217,7 +220,7 @@ def _monailabel_infer(bundle: str, data: dict) -> dict:
     task = BundleInferTask(str(BUNDLES / bundle), conf={}, add_post_restore=False, post_filter=None)
     assert task.is_valid() and task.key_image == "image"
     task.bundle_config["device"] = "$torch.device('cpu')"
-    data = {**data, "device": "cpu", "model_filename": "model.pt"}  # the server merges its config into requests
+    data = {**data, "device": "cpu", "model_filename": model_filename}  # the server merges its config into requests
     data = task.run_pre_transforms(data, task.pre_transforms(data))
     data = task.run_inferer(data, device="cpu")
     return task.run_post_transforms(data, task.post_transforms(data))
@@ -236,7 +239,9 @@ def test_monailabel_runner_draws_the_tiles_bundle_run_draws(runs):
     settings = {"num_inference_steps": int(LDM_STEPS), "guidance_scale": 1.0, "seed": int(LDM_SEED)}
     tiles = []
     for mask in sorted(runs["inputs"]["masks"].iterdir()):
-        result = _monailabel_infer("gleason_ldm", {"image": str(mask), **settings})
+        # the bundle draws with the default generator's weights; a MONAI Label user picks that file among the
+        # model_filename options (the stock runner would take model.pt, SD's)
+        result = _monailabel_infer("gleason_ldm", {"image": str(mask), **settings}, DEFAULT_WEIGHTS)
         tile = to_uint8(result["pred"]).astype(int)
         written = np.asarray(Image.open(runs["out"]["gleason_ldm"] / f"{mask.stem}_tile.png")).astype(int)
         assert np.abs(tile - written).max() <= 1  # the same noise (seed from the file name), up to a rounding
