@@ -61,6 +61,10 @@ def test_demo_tells_its_story_with_the_shipped_weights(tmp_path, capsys):
 
     scan = scan_images(sorted((tmp_path / "masks").glob("*.png")), mode="L", size_multiple=16, mask_values=[0, 1, 2, 3])
     assert len(scan) == 4 and not scan.failures
+    # every folder the demo derives is cleared by --overwrite, so a rerun with other settings reuses none of it
+    from monai_disc.apps.demo import _DERIVED
+
+    assert {p.name for p in tmp_path.iterdir() if p.is_dir()} - {"toy"} <= set(_DERIVED)
     # a rerun with other settings stops, naming them
     with pytest.raises(ValueError, match=r"other settings \(num_inference_steps: 10 -> 11\)"):
         run_demo(tmp_path, BUNDLES, num_tiles=4, num_inference_steps=11, n_slides=12, num_synthetic_slides=8)

@@ -186,7 +186,7 @@ def _tiles_from_masks(
 
 
 _DEMO_SETTINGS = "demo_settings.json"
-_DERIVED = ("masks", "synthetic_slides", "features", "lambda_sweep", "compare", "panda_tiles", "panda_features")
+_DERIVED = ("masks", "synthetic_slides", "features", "scarce_slides", "panda_tiles", "panda_features")
 
 
 def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
