@@ -316,9 +316,8 @@ def _whole_slides(panda: Path, out: Path, bundles_dir: str | os.PathLike | None,
     """Step 6: the toy PANDA slides tiled (at the toy's 2 um/px), embedded from the slides, and read slide by slide
     by the shipped toy TransMIL."""
     from monai_disc.apps.tile_slides import panda_slides, tile_slides
-    from monai_disc.data.panda import load_panda
     from monai_disc.data.wsi import SlideTileLoader, load_wsi_bags
-    from monai_disc.engines.panda import load_transmil
+    from monai_disc.engines.panda import load_transmil, panda_slide_logits
 
     _step(6, "whole slides: the toy PANDA slides (pyramidal TIFF), tiled at 2 um/px and read by the shipped TransMIL")
     start = time.perf_counter()
@@ -330,14 +329,9 @@ def _whole_slides(panda: Path, out: Path, bundles_dir: str | os.PathLike | None,
     )  # fmt: skip
     model = load_transmil(bundle_file(TRANSMIL_WEIGHTS, bundles_dir), extractor.num_features)
     tiles = {r["slide_id"]: r["n_tiles"] for r in tiled.rows}
+    slides, logits, _ = panda_slide_logits(model, out / "panda_features", panda)
     readings = []
-    for slide in load_panda(panda):
-        bag = out / "panda_features" / f"{slide['slide_id']}.pt"
-        if not bag.is_file():
-            continue
-        with torch.no_grad():
-            features = torch.load(bag, weights_only=True)["features"].float()
-            probs = torch.sigmoid(model(features[None]))[0].tolist()
+    for slide, probs in zip(slides, torch.sigmoid(logits).tolist()):
         truth = [LABEL_NAMES[k] for k, v in enumerate(slide["label"]) if v > 0.5]
         read = [LABEL_NAMES[k] for k, p in enumerate(probs) if p > 0.5] or ["none"]
         readings.append({"slide_id": slide["slide_id"], "provider": slide["provider"], "truth": truth,

@@ -24,7 +24,7 @@ from monai_disc.labels import LABEL_NAMES
 from monai_disc.metrics.slide import slide_auroc
 from monai_disc.networks.features import FeatureBagDataset
 
-__all__ = ["evaluate_panda", "format_panda_auroc", "load_transmil", "write_panda_metrics"]
+__all__ = ["evaluate_panda", "format_panda_auroc", "load_transmil", "panda_slide_logits", "write_panda_metrics"]
 
 
 def load_transmil(weights: str | os.PathLike, in_features: int, network: str = "transmil_toy") -> nn.Module:
@@ -56,13 +56,13 @@ def _scores(result: Mapping[str, Any], n: int) -> dict[str, Any]:
     return entry
 
 
-def evaluate_panda(
+def panda_slide_logits(
     model: nn.Module,
     features: str | os.PathLike,
     panda_root: str | os.PathLike,
     device: str | torch.device | None = None,
-) -> dict[str, Any]:
-    """Slide AUROC of ``model`` on PANDA feature bags: per class and macro, over all slides and per provider.
+) -> tuple[list[dict], torch.Tensor, list[str]]:
+    """``model``'s logits for every PANDA slide that has a feature bag.
 
     Args:
         model: a TransMIL, (1, N, D) -> (1, 4) logits.
@@ -71,9 +71,8 @@ def evaluate_panda(
         device: where to run; None keeps the model's.
 
     Returns:
-        ``{"overall": scores, "radboud": scores, "karolinska": scores, "missing": [slide ids without features]}``
-        where scores hold ``n_slides``, ``macro_auroc`` and ``auroc_NC`` .. ``auroc_GG5`` (NaN where a class is
-        all positive or all negative, or no slide is there).
+        (the slides with features, as :func:`monai_disc.data.load_panda` lists them; their logits (S, 4) on the CPU;
+        the slide ids without features).
 
     Raises:
         FileNotFoundError: a missing feature folder or PANDA file.
@@ -103,7 +102,33 @@ def evaluate_panda(
     with torch.inference_mode():
         for i in range(len(bags)):
             scores.append(model(bags[i]["features"][None].to(run_device)).float().cpu()[0])
-    logits = torch.stack(scores)
+    return present, torch.stack(scores), missing
+
+
+def evaluate_panda(
+    model: nn.Module,
+    features: str | os.PathLike,
+    panda_root: str | os.PathLike,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Slide AUROC of ``model`` on PANDA feature bags: per class and macro, over all slides and per provider.
+
+    Args:
+        model: a TransMIL, (1, N, D) -> (1, 4) logits.
+        features: a feature folder of ``extract-features --wsi`` on a PANDA tiling (``<slide_id>.pt`` files).
+        panda_root: the PANDA root (``train.csv``) giving the labels and providers.
+        device: where to run; None keeps the model's.
+
+    Returns:
+        ``{"overall": scores, "radboud": scores, "karolinska": scores, "missing": [slide ids without features]}``
+        where scores hold ``n_slides``, ``macro_auroc`` and ``auroc_NC`` .. ``auroc_GG5`` (NaN where a class is
+        all positive or all negative, or no slide is there).
+
+    Raises:
+        FileNotFoundError: a missing feature folder or PANDA file.
+        ValueError: no PANDA slide has a feature file.
+    """
+    present, logits, missing = panda_slide_logits(model, features, panda_root, device)
     targets = torch.as_tensor(np.stack([s["label"] for s in present]))
     providers = np.array([s["provider"] for s in present])
     result: dict[str, Any] = {"overall": _scores(slide_auroc(logits, targets), len(present))}
