@@ -14,7 +14,20 @@ from torch import nn
 from monai_disc.networks.denoiser import MaskConditionedUNet
 from monai_disc.networks.mask_encoder import MaskEncoder
 
-__all__ = ["CallLog", "PoolAutoencoder", "tiny_denoiser", "tiny_unet"]
+__all__ = ["MIL_GRADES", "TINY_MIL_TRAIN", "CallLog", "PoolAutoencoder", "tiny_denoiser", "tiny_unet"]
+
+#: (primary, secondary) grade pairs that small synthetic feature-bag sets cycle through
+MIL_GRADES = [(0, 0), (1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 2), (3, 3)]
+#: a TransMIL training that takes seconds on a CPU (the lambda sweep's and the study's tests)
+TINY_MIL_TRAIN = {
+    "network": "transmil_toy",
+    "network_kwargs": {"dim": 32, "heads": 2, "landmarks": 16},
+    "lr": 2e-3,
+    "device": "cpu",
+    "tensorboard": False,
+    "max_epochs": 2,
+    "patience": 2,
+}
 
 
 def tiny_unet(cross_attention_dim: int = 32) -> DiffusionModelUNet:

@@ -8,6 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from support import MIL_GRADES as GRADES
+from support import TINY_MIL_TRAIN as TRAIN
 
 from monai_disc.apps.study import PixelData, run_study
 from monai_disc.engines.study import Arm, paired_subset, pixel_cell, study_arms, tile_confusions
@@ -16,16 +18,6 @@ from monai_disc.labels import multi_hot
 
 torch.set_num_threads(1)
 
-GRADES = [(0, 0), (1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 2), (3, 3)]
-TRAIN = {
-    "network": "transmil_toy",
-    "network_kwargs": {"dim": 32, "heads": 2, "landmarks": 16},
-    "lr": 2e-3,
-    "device": "cpu",
-    "tensorboard": False,
-    "max_epochs": 2,
-    "patience": 2,
-}
 SMALL = {"seeds": (0, 1), "n_train": 8, "n_val": 8, "lambdas": (0.5,), "n_boot": 40, "progress": False, **TRAIN}
 
 

@@ -9,22 +9,14 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from support import MIL_GRADES as GRADES
+from support import TINY_MIL_TRAIN as TRAIN
 
 from monai_disc.apps.sweep import BASELINE, lambda_sweep
 from monai_disc.labels import multi_hot
 
 torch.set_num_threads(1)
 
-GRADES = [(0, 0), (1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 2), (3, 3)]
-TRAIN = {
-    "network": "transmil_toy",
-    "network_kwargs": {"dim": 32, "heads": 2, "landmarks": 16},
-    "lr": 2e-3,
-    "device": "cpu",
-    "tensorboard": False,
-    "max_epochs": 2,
-    "patience": 2,
-}
 
 
 def _bags(n: int, seed: int) -> list[dict]:
