@@ -18,12 +18,17 @@ tissue), with the shipped toy networks (64 px windows):
     PYTHONPATH=$PWD python bench/bench_region.py --size 512 --masks 2 --num-inference-steps 20
     PYTHONPATH=$PWD python bench/bench_region.py --memory --sizes 1024 2048 4096 --num-inference-steps 1 --repeats 3
     PYTHONPATH=$PWD python bench/bench_region.py --picture docs/images --size 2048 --mode shift
-    PYTHONPATH=$PWD python bench/bench_region.py --edges --generator gd --masks 4   # the default sampler
+    PYTHONPATH=$PWD python bench/bench_region.py --edges --generator gd --masks 6   # the default sampler
+    PYTHONPATH=$PWD python bench/bench_region.py --decoder-context --generator gd --masks 4
 
 ``--edges`` reads the seams where they would be, at the default generator and sampler (each generator's own solver
-and steps unless ``--num-inference-steps`` is given): the mean |gradient| across the lines where sampling windows
-begin or end over that across all other lines, rows (horizontal lines) and columns apart, for window rules of the
-same cost, with real toy tissue read on the same lines as the reference.
+and steps unless ``--num-inference-steps`` is given), rows (horizontal lines) and columns apart, for window rules of
+the same sampling cost: the mean |gradient| across the lines where sampling windows begin or end over that across
+all other lines, and the peak over the mean of the mean |gradient| by line position within the windows' stride
+(which sees a seam wherever a blend puts it). References: real toy tissue on the same lines (the floor), real
+tissue through the autoencoder decoded whole and in the default chunks (the decoder's part), and the default
+sampler's latent decoded whole (the sampler's part alone). ``--decoder-context`` decodes real tissue in chunks cropped
+to their cores with more and more context and no blending: how far apart neighbouring chunks' decodes are.
 
 Measured on a shared 2-core CPU: docs/generators.md ("Regions of any size") has the table.
 """
@@ -88,12 +93,13 @@ def seam_ratio(image: np.ndarray, period: int = TILE) -> float:
 
 EDGE_RULES = {  # rules of the same sampling cost (81 windows per 512 px and step): where their window edges show
     "average, overlap 2, ramps (default)": {"mode": "average", "overlap": 2, "decode_overlap": 2},
+    "average, overlap 2, decoded whole (no chunks: the sampler's part alone)": {"mode": "average", "overlap": 2},
+    "average, overlap 2, decoded with overlap 4": {"mode": "average", "overlap": 2, "decode_overlap": 4},
     "average, overlap 2, decoded with overlap 8": {"mode": "average", "overlap": 2, "decode_overlap": 8},
     "shift, overlap 2, ramps (random offsets per step)": {"mode": "shift", "overlap": 2, "decode_overlap": 2},
-    "shift, overlap 2, decoded with overlap 8": {"mode": "shift", "overlap": 2, "decode_overlap": 8},
-    "average, overlap 2, decoded with overlap 4": {"mode": "average", "overlap": 2, "decode_overlap": 4},
     "shift, overlap 2, decoded with overlap 4": {"mode": "shift", "overlap": 2, "decode_overlap": 4},
 }
+WHOLE = "decoded whole"  # a rule (or reference) whose latent is decoded in one call, not in chunks
 
 
 def window_edges(length: int, region: RegionSampler, factor: int = 4) -> list[int]:
@@ -116,53 +122,124 @@ def edge_ratios(image: np.ndarray, edges: list[int]) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def period_peaks(image: np.ndarray, period: int, border: int = 16) -> tuple[float, float]:
+    """(rows, columns): the highest mean |gradient| of any line position modulo ``period`` (the windows' stride)
+    over the mean of all positions, on whole periods at least ``border`` px inside the region (the decoder's own
+    borders are not seams). Unlike :func:`edge_ratios` it sees a seam wherever in the window it lies (a blend that
+    moves the seam off the window edges does not hide it); real tissue gives its noise floor."""
+    grey = image.astype(np.float32).mean(axis=2)
+    out = []
+    for axis in (0, 1):
+        d = np.moveaxis(np.abs(np.diff(grey, axis=axis)), axis, 0).mean(axis=1)  # d[e - 1]: line e
+        first = -(-border // period) * period  # whole periods from the first multiple of period past the border
+        lines = np.arange(first, first + (len(d) - border - first) // period * period)
+        sums = np.bincount(lines % period, weights=d[lines - 1], minlength=period)
+        means = sums / np.bincount(lines % period, minlength=period)
+        out.append(float(means.max() / means.mean()))
+    return out[0], out[1]
+
+
+def _decode_whole(latent: torch.Tensor, autoencoder) -> np.ndarray:
+    """A region's latent decoded in one call (no chunks: the reference without decoder seams; small regions)."""
+    with torch.no_grad():
+        rgb = autoencoder.decode_stage_2_outputs(latent[None] / float(getattr(autoencoder, "scale_factor", 1.0)))
+    return to_uint8(rgb[0])
+
+
 def edges_table(
     size: int, n_masks: int, steps: int | None, seed: int, generator: str, rules: list[str] | None = None
 ) -> str:
     gen = load_generator(generator, BUNDLES, num_inference_steps=steps)
     ruler = load_weights(carcinonet_toy(), BUNDLES / "carcinonet" / "models" / "model.pt")
     sampler = gen.sampler
-    lines = window_edges(size, RegionSampler(sampler))
-    mious: dict[str, list[float]] = {}
-    rows: dict[str, list[tuple[float, float]]] = {}
-    seams: dict[str, list[float]] = {}
+    default = RegionSampler(sampler)
+    lines = window_edges(size, default)
+    period = (default.window - default.overlap) * 4
+    rows: dict[str, list[tuple[float, ...]]] = {}
     seconds: dict[str, float] = {}
+
+    def add(name: str, image: np.ndarray, mask: np.ndarray, took: float | None = None) -> None:
+        row = (*edge_ratios(image, lines), *period_peaks(image, period), ruler_miou(ruler, image, mask))
+        rows.setdefault(name, []).append(row)
+        if took is not None:
+            seconds[name] = seconds.get(name, 0.0) + took
+
     for m in range(n_masks):
         mask = slide_mask(size, seed + m)
         real, _ = draw_tissue(mask, np.random.default_rng([seed, m, 1]))
-        rows.setdefault("real toy tissue (same lines)", []).append(edge_ratios(real, lines))
-        seams.setdefault("real toy tissue (same lines)", []).append(seam_ratio(real))
-        # the decoder alone: real tissue encoded, then decoded in the default rule's chunks
+        add("real toy tissue (same lines)", real, mask)
+        # the decoder alone: real tissue encoded, then decoded whole and in the default rule's chunks
         x = torch.from_numpy(real).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         with torch.no_grad():
             latent = gen.autoencoder.encode_stage_2_inputs(x)[0] * float(getattr(gen.autoencoder, "scale_factor", 1.0))
-        decoded = RegionSampler(sampler).decode(latent, gen.autoencoder)
-        rows.setdefault("real tissue through the region decoder", []).append(edge_ratios(decoded, lines))
-        seams.setdefault("real tissue through the region decoder", []).append(seam_ratio(decoded))
+        add(f"real tissue encoded, {WHOLE}", _decode_whole(latent, gen.autoencoder), mask)
+        add("real tissue encoded, decoded in the default 64 px chunks", default.decode(latent, gen.autoencoder), mask)
         for name, options in EDGE_RULES.items():
             if rules and name not in rules:
                 continue
             region = RegionSampler(sampler, window_batch_size=32, **options)
-            image, took = _timed(region.sample, torch.from_numpy(mask), gen.autoencoder, gen.denoiser, seed + m)
-            rows.setdefault(name, []).append(edge_ratios(image, lines))
-            seams.setdefault(name, []).append(seam_ratio(image))
-            mious.setdefault(name, []).append(ruler_miou(ruler, image, mask))
-            seconds[name] = seconds.get(name, 0.0) + took
-    evaluations = RegionSampler(sampler).num_evaluations
+            start = time.perf_counter()
+            latent = region.sample_latent(torch.from_numpy(mask), gen.autoencoder, gen.denoiser, seed + m)
+            image = _decode_whole(latent, gen.autoencoder) if WHOLE in name else region.decode(latent, gen.autoencoder)
+            add(name, image, mask, time.perf_counter() - start)
+    evaluations = default.num_evaluations
     solver = type(gen.ldm_sampler.scheduler).__name__
     out = [
         f"{n_masks} masks of {size} px, generator {gen.name}, {solver} {gen.ldm_sampler.num_inference_steps} steps "
-        f"({evaluations} evaluations per window); {len(lines)} window edge lines per direction",
+        f"({evaluations} evaluations per window); {len(lines)} window edge lines per direction; peaks over the "
+        f"{period} px window stride",
         "",
-        "| drawing | rows: edges / elsewhere | columns: edges / elsewhere | seam ratio (64 px lines) | ruler mIoU "
-        "| s / region |",
-        "|---|---|---|---|---|---|",
+        "| drawing | rows: edges / elsewhere | columns: edges / elsewhere | rows: peak / mean | columns: peak / mean "
+        "| ruler mIoU | s / region |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, values in rows.items():
-        r, c = np.mean([v[0] for v in values]), np.mean([v[1] for v in values])
+        cells = np.mean(np.array(values), axis=0)
         took = f"{seconds[name] / n_masks:.1f}" if name in seconds else ""
-        miou = f"{np.mean(mious[name]):.3f}" if name in mious else ""
-        out.append(f"| {name} | {r:.3f} | {c:.3f} | {np.mean(seams[name]):.3f} | {miou} | {took} |")
+        out.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in cells) + f" | {took} |")
+    return "\n".join(out)
+
+
+@torch.no_grad()
+def decode_cropped(latent: torch.Tensor, autoencoder, core: int, context: int) -> np.ndarray:
+    """A latent decoded in chunks of ``core`` latent pixels, each decoded with ``context`` latent pixels of its
+    neighbours on every side (inside the region) and cropped to its core: no blending, so any disagreement between
+    neighbouring chunks shows as a cut at the core's edge."""
+    _, h, w = latent.shape
+    scale = float(getattr(autoencoder, "scale_factor", 1.0))
+    f = int(getattr(autoencoder, "downsample_factor", 4))
+    out = torch.zeros(3, h * f, w * f)
+    for y in range(0, h, core):
+        for x in range(0, w, core):
+            y0, x0 = max(0, y - context), max(0, x - context)
+            y1, x1 = min(h, y + core + context), min(w, x + core + context)
+            rgb = autoencoder.decode_stage_2_outputs(latent[None, :, y0:y1, x0:x1] / scale)[0]
+            hh, ww = min(core, h - y) * f, min(core, w - x) * f
+            oy, ox = (y - y0) * f, (x - x0) * f
+            out[:, y * f : y * f + hh, x * f : x * f + ww] = rgb[:, oy : oy + hh, ox : ox + ww]
+    return to_uint8(out)
+
+
+def context_table(size: int, n_masks: int, seed: int, generator: str) -> str:
+    """How far the decoder's output at a pixel depends on its chunk: real tissue encoded, decoded in cropped chunks
+    with more and more context, read as period peaks over the chunk stride (real tissue: the floor)."""
+    gen = load_generator(generator, BUNDLES)
+    latents, reals = [], []
+    for m in range(n_masks):
+        real, _ = draw_tissue(slide_mask(size, seed + m), np.random.default_rng([seed, m, 1]))
+        x = torch.from_numpy(real).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        with torch.no_grad():
+            latents.append(gen.autoencoder.encode_stage_2_inputs(x)[0] * float(gen.autoencoder.scale_factor))
+        reals.append(real)
+    out = ["| chunk core (latent px) | context each side | decoded area | rows: peak / mean | columns: peak / mean |"]
+    out.append("|---|---|---|---|---|")
+    r = np.mean([period_peaks(real, TILE) for real in reals], axis=0)
+    out.append(f"| real toy tissue (64 px period) | | | {r[0]:.3f} | {r[1]:.3f} |")
+    for core, context in [(16, 0), (14, 1), (12, 2), (16, 4), (16, 8)]:
+        peaks = [period_peaks(decode_cropped(z, gen.autoencoder, core, context), core * 4) for z in latents]
+        r = np.mean(peaks, axis=0)
+        area = ((core + 2 * context) / core) ** 2
+        out.append(f"| {core} | {context} | {area:.2f}x | {r[0]:.3f} | {r[1]:.3f} |")
     return "\n".join(out)
 
 
@@ -377,6 +454,9 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=2)
     parser.add_argument("--num-inference-steps", type=int, default=20)
     parser.add_argument("--edges", action="store_true", help="seams at window edges, rows and columns, at the default")
+    parser.add_argument(
+        "--decoder-context", action="store_true", help="how far the decoder's chunks disagree, by context given"
+    )
     parser.add_argument("--edge-rules", nargs="+", default=None, choices=list(EDGE_RULES), metavar="RULE")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory", action="store_true", help="measure peak memory per region size instead")
@@ -397,7 +477,9 @@ def main() -> None:
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.edges:
+    if args.decoder_context:
+        print(context_table(args.size, args.masks, args.seed, args.generator))
+    elif args.edges:
         steps = args.num_inference_steps if "--num-inference-steps" in sys.argv else None
         print(edges_table(args.size, args.masks, steps, args.seed, args.generator, args.edge_rules))
     elif args.memory_child:
