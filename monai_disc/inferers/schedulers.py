@@ -27,7 +27,6 @@ diffusers is imported when one of its solvers is built (it takes seconds to impo
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -300,7 +299,9 @@ def diffusers_scheduler(name: str, **options: Any) -> DiffusersSolver:
     schedule = {**LDM_SCHEDULE}
     if schedule.pop("schedule") != "scaled_linear_beta":
         raise ValueError("LDM_SCHEDULE's betas have no diffusers name.")
-    cls = getattr(importlib.import_module("diffusers"), name)
+    import diffusers  # here, not at the top: it takes seconds to import, and only these solvers need it
+
+    cls = getattr(diffusers, name)
     return DiffusersSolver(cls(beta_schedule="scaled_linear", prediction_type="epsilon", **{**schedule, **options}))
 
 
