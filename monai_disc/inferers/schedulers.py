@@ -307,9 +307,10 @@ def diffusers_scheduler(name: str, **options: Any) -> DiffusersSolver:
 
 #: diffusers settings shared by the multistep solvers here. ``"trailing"`` spaces the grid from t = 999 by T / n
 #: (diffusers' advice for few steps; SD's ``"leading"`` would start 4 steps at t = 751, the start of MONAI's DDIM
-#: grid is 999 too); ``final_sigmas_type="zero"`` ends at the predicted z_0 (SD's diffusers default; DDIM here ends
-#: at alpha-bar of step 0, sigma 0.04, a difference below the decoder's); ``lower_order_final`` takes first-order
-#: steps at the end of grids under 15 steps (diffusers' default, stable at few steps).
+#: grid is 999 too); ``final_sigmas_type="zero"`` ends at the predicted z_0 (diffusers' default, which SD's pipelines
+#: keep; DDIM here ends at alpha-bar of step 0, sigma 0.04: at 1 and 2 steps, all first order, the two read alike to
+#: the third decimal, docs/generators.md); ``lower_order_final`` takes first-order steps at the end of grids under
+#: 15 steps (diffusers' default, stable at few steps).
 MULTISTEP_OPTIONS: dict[str, Any] = {
     "solver_order": 2,
     "timestep_spacing": "trailing",
