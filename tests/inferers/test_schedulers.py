@@ -3,6 +3,9 @@ not; an inexact one gives CompVis' PLMS numbers), solvers by name, a registry en
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from monai.networks.schedulers import PNDMScheduler
@@ -346,3 +349,18 @@ def test_sc_refuses_an_inner_fuse_step_with_diffusers_multistep_solvers(solver):
         entry_sampler("sc", solver=solver, fuse_step=2, num_inference_steps=4)
     sc = entry_sampler("sc", solver=solver, num_inference_steps=4)  # fused at the end: one loop, fine
     assert isinstance(sc, SeparatedConditionInferer) and sc.fuse_step is None
+
+
+def test_diffusers_is_imported_only_for_its_solvers_and_reaches_no_network():
+    code = (
+        "import socket, sys\n"
+        "def refuse(*a, **k): raise OSError('network used')\n"
+        "socket.socket.connect = socket.create_connection = refuse\n"
+        "import monai_disc.inferers as inf\n"
+        "assert 'diffusers' not in sys.modules\n"
+        "s = inf.make_scheduler('unipc'); s.set_timesteps(2); inf.make_scheduler('dpm++2m')\n"
+        "print(type(s.scheduler).__name__, s.timesteps.tolist())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-3:] == ["UniPCMultistepScheduler", "[999,", "499]"]
