@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.7",
     "pyyaml>=6.0",
     "fire>=0.5",  # python -m monai.bundle
+    "diffusers>=0.30",  # DPM-Solver++ and UniPC (MONAI does not ship them); schedulers only, nothing downloaded
 ]
 
 EXTRAS_REQUIRE = {

@@ -24,11 +24,15 @@ from .region import REGION_MODES, RegionSampler, window_starts
 from .schedulers import (
     DEFAULT_SOLVER,
     SOLVERS,
+    DiffusersSolver,
     PLMSScheduler,
     SpacedDDIMScheduler,
+    diffusers_scheduler,
+    dpm_solver_scheduler,
     is_stateless,
     make_scheduler,
     plms_scheduler,
+    unipc_scheduler,
 )
 from .separated import SeparatedConditionInferer, fuse_latents, present_labels, uniform_masks
 
@@ -36,6 +40,7 @@ __all__ = [
     "DEFAULT_GENERATOR",
     "DEFAULT_NUM_INFERENCE_STEPS",
     "DEFAULT_SOLVER",
+    "DiffusersSolver",
     "GENERATORS",
     "LDM_SCHEDULE",
     "GeneratorEntry",
@@ -49,6 +54,8 @@ __all__ = [
     "SeparatedConditionInferer",
     "TileGenerator",
     "ddim_scheduler",
+    "diffusers_scheduler",
+    "dpm_solver_scheduler",
     "entry_sampler",
     "fuse_latents",
     "is_stateless",
@@ -60,5 +67,6 @@ __all__ = [
     "sampler_options",
     "tile_size_multiple",
     "uniform_masks",
+    "unipc_scheduler",
     "window_starts",
 ]

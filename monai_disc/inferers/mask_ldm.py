@@ -81,8 +81,9 @@ class MaskLDMSampler:
     sample alone, so a tile is the same whatever batch it is drawn in.
 
     Args:
-        scheduler: the solver: a name of :data:`monai_disc.inferers.SOLVERS` or a MONAI scheduler with
-            ``set_timesteps``/``step``; None is :data:`DEFAULT_SOLVER` (:func:`make_scheduler`).
+        scheduler: the solver: a name of :data:`monai_disc.inferers.SOLVERS` or a scheduler with
+            ``set_timesteps``/``step`` (MONAI's, or diffusers' behind :class:`monai_disc.inferers.DiffusersSolver`);
+            None is :data:`DEFAULT_SOLVER` (:func:`make_scheduler`).
         num_inference_steps: solver steps (:data:`DEFAULT_NUM_INFERENCE_STEPS`; DDIM 200 in the paper).
         guidance_scale: classifier-free guidance weight w in eps_u + w (eps_c - eps_u); 1 is plain conditional
             sampling (one network call per step), other values run conditional and unconditional halves as one

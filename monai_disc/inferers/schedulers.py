@@ -17,7 +17,12 @@ every door (the fewest network evaluations within seed noise of SD-GD at 50 DDIM
   :class:`PLMSScheduler` repeats the timestep, as the CompVis/diffusers PLMS samplers do (n + 1 calls for n
   steps); it keeps its last four noise predictions between steps, so a sampling runs its whole grid in one loop.
 
-DPM-Solver++ and UniPC are not in MONAI; they are not registered here (see docs/generators.md).
+- ``dpm++2m`` / ``unipc``: DPM-Solver++ (2M) and UniPC (order 2, B(h) = ``bh2``), which MONAI does not ship,
+  from diffusers behind :class:`DiffusersSolver` (the same ``set_timesteps`` / ``step`` as MONAI's); one step is one
+  network evaluation. They keep their last predictions (and UniPC its last sample for the corrector) between steps:
+  a region saves and resumes that history (:func:`solver_state`), SD-SC's inner ``fuse_step`` refuses them.
+
+diffusers is imported when one of its solvers is built (it takes seconds to import); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -32,16 +37,22 @@ from monai.networks.schedulers import DDIMScheduler, PNDMScheduler, Scheduler
 __all__ = [
     "DEFAULT_NUM_INFERENCE_STEPS",
     "DEFAULT_SOLVER",
+    "DiffusersSolver",
     "LDM_SCHEDULE",
+    "MULTISTEP_OPTIONS",
     "PLMSScheduler",
     "SOLVERS",
+    "Solver",
     "SpacedDDIMScheduler",
     "ddim_scheduler",
+    "diffusers_scheduler",
+    "dpm_solver_scheduler",
     "is_stateless",
     "load_solver_state",
     "make_scheduler",
     "plms_scheduler",
     "solver_state",
+    "unipc_scheduler",
 ]
 
 # The noise schedule of CompVis LDM (its "linear" schedule is MONAI's "scaled_linear_beta": betas linear in sqrt
@@ -167,17 +178,183 @@ def plms_scheduler(**overrides: Any) -> PLMSScheduler:
     return PLMSScheduler(**cfg)
 
 
+class DiffusersSolver:
+    """A diffusers scheduler behind the interface of MONAI's: ``set_timesteps(n, device)``, ``timesteps`` and
+    ``step(eps, t, x) -> (x_prev, x0)``.
+
+    diffusers' ``step`` returns a ``SchedulerOutput``; this returns ``(prev_sample, pred_original_sample)`` as
+    MONAI's schedulers do, where the predicted z_0 is the output's own (DDIM) or, for the multistep solvers, the
+    data prediction they keep as their newest history entry. The history (:attr:`HISTORY`) lives in the wrapped
+    scheduler and ``set_timesteps`` resets it, as in MONAI's PLMS.
+
+    Args:
+        scheduler: a diffusers scheduler predicting noise (``prediction_type="epsilon"``).
+    """
+
+    #: attributes of diffusers' multistep solvers that carry their history between steps: where the solver is in
+    #: its grid, its last data predictions (UniPC: with their timesteps, its last sample for the corrector and, once
+    #: it has stepped, its order)
+    HISTORY: tuple[str, ...] = (
+        "_step_index",
+        "lower_order_nums",
+        "model_outputs",
+        "timestep_list",
+        "last_sample",
+        "this_order",
+    )
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.num_inference_steps: int | None = None
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        """The grid of the last ``set_timesteps``, noisiest first (one entry per network evaluation)."""
+        return self.scheduler.timesteps
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """Steps of the training schedule."""
+        return int(self.scheduler.config.num_train_timesteps)
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """alpha-bar of each training step."""
+        return self.scheduler.alphas_cumprod
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """The grid of ``num_inference_steps`` steps; resets the history."""
+        self.scheduler.set_timesteps(num_inference_steps, device)
+        self.num_inference_steps = int(num_inference_steps)
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """One step from ``sample`` at ``timestep`` with the noise prediction ``model_output``.
+
+        Returns:
+            (the sample at the next grid point, the predicted z_0).
+        """
+        out = self.scheduler.step(model_output, timestep, sample)
+        x0 = getattr(out, "pred_original_sample", None)
+        if x0 is None and getattr(self.scheduler, "model_outputs", None):
+            x0 = self.scheduler.model_outputs[-1]
+        return out.prev_sample, x0
+
+    def _history_keys(self) -> set[str]:
+        """The attributes of :attr:`HISTORY` this solver holds now (none for a one-step solver such as DDIM)."""
+        return (
+            {k for k in self.HISTORY if hasattr(self.scheduler, k)}
+            if hasattr(self.scheduler, "model_outputs")
+            else set()
+        )
+
+    def state(self) -> dict[str, Any]:
+        """The history after some steps, as CPU tensors, ints and None (empty for a solver without one)."""
+        return {k: _to_cpu(getattr(self.scheduler, k)) for k in sorted(self._history_keys())}
+
+    def load_state(self, state: dict[str, Any], device: str | torch.device | None = None) -> None:
+        """Give the solver (after ``set_timesteps``) the history :meth:`state` saved, on `device`.
+
+        Raises:
+            ValueError: for a history of another kind of solver, or none where the solver keeps one.
+        """
+        need = self._history_keys() - {"this_order"}
+        if not need <= set(state) <= need | {"this_order"}:
+            name = type(self.scheduler).__name__
+            raise ValueError(f"solver history with keys {sorted(state)} does not fit {name} (needs {sorted(need)}).")
+        for key, value in state.items():
+            setattr(self.scheduler, key, _to_device(value, device))
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return int(value) if isinstance(value, (int, np.integer)) else value
+
+
+def _to_device(value: Any, device: str | torch.device | None) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    return value
+
+
+#: a scheduler of :data:`SOLVERS`: MONAI's, or a diffusers solver behind :class:`DiffusersSolver`
+Solver = Scheduler | DiffusersSolver
+
+
+def diffusers_scheduler(name: str, **options: Any) -> DiffusersSolver:
+    """A diffusers scheduler class `name` on :data:`LDM_SCHEDULE` (diffusers' ``"scaled_linear"`` betas are MONAI's
+    ``"scaled_linear_beta"``), predicting noise, behind :class:`DiffusersSolver`.
+
+    Args:
+        name: a scheduler class of diffusers, e.g. ``"DPMSolverMultistepScheduler"``, ``"DDIMScheduler"``.
+        options: its constructor's arguments.
+
+    Returns:
+        the adapted scheduler.
+    """
+    schedule = {**LDM_SCHEDULE}
+    if schedule.pop("schedule") != "scaled_linear_beta":
+        raise ValueError("LDM_SCHEDULE's betas have no diffusers name.")
+    import diffusers  # here, not at the top: it takes seconds to import, and only these solvers need it
+
+    cls = getattr(diffusers, name)
+    return DiffusersSolver(cls(beta_schedule="scaled_linear", prediction_type="epsilon", **{**schedule, **options}))
+
+
+#: diffusers settings shared by the multistep solvers here. ``"trailing"`` spaces the grid from t = 999 by T / n
+#: (diffusers' advice for few steps; SD's ``"leading"`` would start 4 steps at t = 751, the start of MONAI's DDIM
+#: grid is 999 too); ``final_sigmas_type="zero"`` ends at the predicted z_0 (diffusers' default, which SD's pipelines
+#: keep; DDIM here ends at alpha-bar of step 0, sigma 0.04: at 1 and 2 steps, all first order, the two read alike to
+#: the third decimal, docs/generators.md); ``lower_order_final`` takes first-order steps at the end of grids under
+#: 15 steps (diffusers' default, stable at few steps).
+MULTISTEP_OPTIONS: dict[str, Any] = {
+    "solver_order": 2,
+    "timestep_spacing": "trailing",
+    "final_sigmas_type": "zero",
+    "lower_order_final": True,
+}
+
+
+def dpm_solver_scheduler(**overrides: Any) -> DiffusersSolver:
+    """DPM-Solver++ (2M): diffusers' ``DPMSolverMultistepScheduler`` with ``algorithm_type="dpmsolver++"``, order 2
+    (the multistep data-prediction solver SD uses for guided sampling), and :data:`MULTISTEP_OPTIONS`.
+
+    Args:
+        overrides: any ``DPMSolverMultistepScheduler`` argument.
+    """
+    options = {**MULTISTEP_OPTIONS, "algorithm_type": "dpmsolver++", "solver_type": "midpoint", **overrides}
+    return diffusers_scheduler("DPMSolverMultistepScheduler", **options)
+
+
+def unipc_scheduler(**overrides: Any) -> DiffusersSolver:
+    """UniPC: diffusers' ``UniPCMultistepScheduler`` predicting z_0, order 2, ``solver_type="bh2"`` (UniPC's advice
+    for conditional sampling; its corrector reuses the next step's evaluation, so n steps are n evaluations), and
+    :data:`MULTISTEP_OPTIONS`.
+
+    Args:
+        overrides: any ``UniPCMultistepScheduler`` argument.
+    """
+    options = {**MULTISTEP_OPTIONS, "predict_x0": True, "solver_type": "bh2", **overrides}
+    return diffusers_scheduler("UniPCMultistepScheduler", **options)
+
+
 #: solver name -> factory of its scheduler on :data:`LDM_SCHEDULE` (keyword arguments override the scheduler's)
-SOLVERS: dict[str, Callable[..., Scheduler]] = {
+SOLVERS: dict[str, Callable[..., Solver]] = {
     "ddim": ddim_scheduler,
     "ddim-leading": lambda **kw: ddim_scheduler("leading", **kw),
     "ddim-trailing": lambda **kw: ddim_scheduler("trailing", **kw),
     "ddim-middle": lambda **kw: ddim_scheduler("middle", **kw),
     "plms": plms_scheduler,
+    "dpm++2m": dpm_solver_scheduler,
+    "unipc": unipc_scheduler,
 }
 
 
-def make_scheduler(solver: str | Scheduler | None = None, **overrides: Any) -> Scheduler:
+def make_scheduler(solver: str | Solver | None = None, **overrides: Any) -> Solver:
     """The scheduler of a solver named in :data:`SOLVERS` (the adapter every door goes through).
 
     Args:
@@ -199,19 +376,23 @@ def make_scheduler(solver: str | Scheduler | None = None, **overrides: Any) -> S
     return SOLVERS[solver](**overrides)
 
 
-def is_stateless(scheduler: Scheduler) -> bool:
+def is_stateless(scheduler: Solver) -> bool:
     """Whether a scheduler's step depends on (model output, t, sample) alone (DDIM), so its grid may be run in
-    windows and its latent stepped in pieces; a multistep solver (PLMS) keeps a history across steps."""
+    windows and its latent stepped in pieces; a multistep solver (PLMS, DPM-Solver++, UniPC) keeps a history across
+    steps."""
     return isinstance(scheduler, DDIMScheduler)
 
 
-def solver_state(scheduler: Scheduler) -> dict[str, Any]:
-    """A multistep solver's history (PLMS: its last noise predictions and where it is in its grid), as CPU tensors
-    and ints that ``torch.save(..., weights_only)`` round-trips; empty for a stateless solver (DDIM).
+def solver_state(scheduler: Solver) -> dict[str, Any]:
+    """A multistep solver's history (PLMS: its last noise predictions and where it is in its grid; DPM-Solver++ and
+    UniPC: :attr:`DiffusersSolver.HISTORY`), as CPU tensors, ints and None that ``torch.save(..., weights_only)``
+    round-trips; empty for a stateless solver (DDIM).
 
     Args:
         scheduler: the solver after some steps.
     """
+    if isinstance(scheduler, DiffusersSolver):
+        return scheduler.state()
     if is_stateless(scheduler) or not isinstance(scheduler, PNDMScheduler):
         return {}
     return {
@@ -221,12 +402,15 @@ def solver_state(scheduler: Scheduler) -> dict[str, Any]:
     }
 
 
-def load_solver_state(scheduler: Scheduler, state: dict[str, Any], device: str | torch.device | None = None) -> None:
+def load_solver_state(scheduler: Solver, state: dict[str, Any], device: str | torch.device | None = None) -> None:
     """Give a solver (after ``set_timesteps``) the history :func:`solver_state` saved, on `device`.
 
     Raises:
-        ValueError: for a history that does not belong to this kind of solver.
+        ValueError: for a history that does not belong to this kind of solver, or none where it keeps one.
     """
+    if isinstance(scheduler, DiffusersSolver):
+        scheduler.load_state(state, device)
+        return
     if not state:
         if not is_stateless(scheduler) and isinstance(scheduler, PNDMScheduler):
             raise ValueError(f"{type(scheduler).__name__} needs its saved history to resume; got none.")

@@ -109,7 +109,7 @@ class SeparatedConditionInferer:
     Args:
         sampler: the DDIM sampler to run branches with; defaults to ``MaskLDMSampler()``.
         fuse_step: separated steps before fusion, in 0..``sampler.num_inference_steps``; None fuses at the end.
-            An inner fuse step needs a stateless scheduler (DDIM), not PLMS / PNDM.
+            An inner fuse step needs a stateless scheduler (DDIM), not PLMS, DPM-Solver++ or UniPC.
 
     Raises:
         ValueError: for a ``fuse_step`` outside that range, or an inner one with a multistep scheduler.

@@ -286,3 +286,36 @@ def test_regions_run_in_the_window_samplers_precision_and_layout():
     full = RegionSampler(plain.sampler).sample_latent(mask, plain.autoencoder, plain.denoiser, seed=0)
     difference = (low - full).abs().mean() / full.abs().mean()
     assert 0 < difference < 0.05
+
+
+@pytest.mark.parametrize("solver", ["dpm++2m", "unipc"])
+def test_diffusers_solvers_draw_tiles_and_regions_and_resume_from_their_history(solver, tmp_path):
+    gen = load_generator("sd", BUNDLES, solver=solver, num_inference_steps=3)
+    mask = _mask(64, 64, seed=3)
+    counter, count = _crash_after(gen.denoiser, 10**9)
+    try:
+        tile = gen.sampler.sample(mask[None], gen.autoencoder, gen.denoiser, seeds=[11])[0]
+    finally:
+        counter.remove()
+    assert count[0] == 3  # one network evaluation per step
+    region = RegionSampler(gen.sampler, window_batch_size=64, decode_window=16, decode_overlap=4)
+    assert region.num_evaluations == 3
+    np.testing.assert_array_equal(region.sample(mask, gen.autoencoder, gen.denoiser, seed=11), to_uint8(tile))
+    slide = _slide_mask(128, 192)
+    whole = generate_region(slide, tmp_path / "whole.tiff", gen, seed=4, region=region, progress=False)
+    target = tmp_path / "killed.tiff"
+    handle, _ = _crash_after(gen.denoiser, 2)
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            generate_region(slide, target, gen, seed=4, region=region, checkpoint_seconds=0, progress=False)
+    finally:
+        handle.remove()
+    saved = torch.load(tmp_path / ".killed.tiff.partial" / "latent.pt", weights_only=True)
+    assert saved["step"] == 2 and saved["solver"]["_step_index"] == 2  # the history is saved with the latent
+    counter, count = _crash_after(gen.denoiser, 10**9)
+    try:
+        generate_region(slide, target, gen, seed=4, region=region, checkpoint_seconds=0, progress=False)
+    finally:
+        counter.remove()
+    assert count[0] == 1  # the last step only
+    np.testing.assert_array_equal(_read_level(target, 0), _read_level(whole, 0))

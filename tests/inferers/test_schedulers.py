@@ -3,6 +3,9 @@ not; an inexact one gives CompVis' PLMS numbers), solvers by name, a registry en
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from monai.networks.schedulers import PNDMScheduler
@@ -17,6 +20,7 @@ from monai_disc.inferers import (
     SeparatedConditionInferer,
     SpacedDDIMScheduler,
     ddim_scheduler,
+    diffusers_scheduler,
     entry_sampler,
     is_stateless,
     make_scheduler,
@@ -223,3 +227,140 @@ def test_a_plms_run_resumed_from_its_saved_history_equals_the_whole_run():
     assert solver_state(make_scheduler("ddim")) == {}
     with pytest.raises(ValueError, match="needs its saved history"):
         load_solver_state(plms_scheduler(), {})
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("steps", [1, 4, 50])
+def test_diffusers_ddim_through_the_adapter_equals_monais_ddim(spacing, steps):
+    """The adapter that serves DPM-Solver++ and UniPC, checked where diffusers and MONAI both have the solver."""
+    ours = ddim_scheduler(spacing)
+    theirs = diffusers_scheduler(
+        "DDIMScheduler", clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing=spacing
+    )
+    ours.set_timesteps(steps)
+    theirs.set_timesteps(steps)
+    assert theirs.timesteps.tolist() == ours.timesteps.tolist() and theirs.num_train_timesteps == 1000
+    torch.testing.assert_close(theirs.alphas_cumprod, ours.alphas_cumprod)
+    g = torch.Generator().manual_seed(steps)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    y = x.clone()
+    for t in ours.timesteps.tolist():
+        eps = torch.randn(x.shape, generator=g)
+        x, x0_ours = ours.step(eps, t, x)
+        y, x0_theirs = theirs.step(eps, t, y)
+        torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(x0_theirs, x0_ours, atol=1e-5, rtol=1e-5)
+    assert not is_stateless(theirs) and solver_state(theirs) == {}  # diffusers' DDIM keeps no history
+
+
+def _dpm_solver_pp_2m(eps_fn, x: torch.Tensor, alphas: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[int]]:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), transcribed: data predictions x0_i, a first-order start, then
+    D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1} with r = h_{i-1} / h_i; on the trailing grid t_k = round(1000 - k 1000/n)
+    - 1, its last step first order to sigma = 0 (the predicted z_0)."""
+    ts = [round(1000 - k * 1000 / steps) - 1 for k in range(steps)]
+    alpha = [alphas[t].sqrt() for t in ts] + [torch.tensor(1.0)]
+    sigma = [(1 - alphas[t]).sqrt() for t in ts] + [torch.tensor(0.0)]
+    lam = [torch.log(a / s) for a, s in zip(alpha[:-1], sigma[:-1])]
+    calls: list[int] = []
+    old, h_old = None, None
+    for i, t in enumerate(ts):
+        calls.append(t)
+        x0 = (x - sigma[i] * eps_fn(x, torch.full((x.shape[0],), t))) / alpha[i]
+        if i == steps - 1:
+            x = x0
+            break
+        h = lam[i + 1] - lam[i]
+        d = x0 if old is None else (1 + h / (2 * h_old)) * x0 - h / (2 * h_old) * old
+        x = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * torch.expm1(-h) * d
+        old, h_old = x0, h
+    return x, calls
+
+
+@pytest.mark.parametrize("steps", [1, 3, 8])
+def test_dpm_solver_equals_the_papers_2m_update_with_an_inexact_network(steps):
+    torch.manual_seed(3)
+    noise = torch.randn(2, 3, 4, 4)
+    net = Wobbly()
+    sampler = MaskLDMSampler("dpm++2m", num_inference_steps=steps, progress=False)
+    ours = sampler.sample_latents(noise, torch.zeros(2, 1, 1), net)
+    reference, calls = _dpm_solver_pp_2m(lambda x, t: net(x, t, None), noise, sampler.scheduler.alphas_cumprod, steps)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    assert sampler.scheduler.timesteps.tolist() == calls  # one evaluation per step, at the trailing grid
+
+
+@pytest.mark.parametrize("solver", ["dpm++2m", "unipc"])
+def test_multistep_solvers_with_an_exact_noise_predictor_land_on_the_data(solver):
+    torch.manual_seed(0)
+    x0, e = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    scheduler = make_scheduler(solver)
+    a = scheduler.alphas_cumprod
+    oracle = ExactEps(x0, a)
+    x_t = a[999].sqrt() * x0 + (1 - a[999]).sqrt() * e
+    out = MaskLDMSampler(scheduler, num_inference_steps=4, progress=False).sample_latents(
+        x_t, torch.zeros(1, 1, 1), oracle
+    )
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)  # final sigma zero: the last step returns z_0
+    assert oracle.calls == [999, 749, 499, 249] and not is_stateless(scheduler)
+
+
+@pytest.mark.parametrize("solver", ["dpm++2m", "unipc"])
+def test_a_multistep_solver_resumed_from_its_saved_history_equals_the_whole_run(solver, tmp_path):
+    torch.manual_seed(4)
+    x0 = torch.randn(1, 3, 4, 4)
+    net = Wobbly()
+    whole = make_scheduler(solver)
+    whole.set_timesteps(6)
+    grid = [int(t) for t in whole.timesteps]
+    x = x0.clone()
+    for t in grid:
+        x = whole.step(net(x, torch.tensor([t]), None), t, x)[0]
+    first, second = make_scheduler(solver), make_scheduler(solver)
+    first.set_timesteps(6)
+    y = x0.clone()
+    for t in grid[:3]:
+        y = first.step(net(y, torch.tensor([t]), None), t, y)[0]
+    torch.save(solver_state(first), tmp_path / "state.pt")  # as generate-region keeps it
+    second.set_timesteps(6)
+    load_solver_state(second, torch.load(tmp_path / "state.pt", weights_only=True))
+    for t in grid[3:]:
+        y = second.step(net(y, torch.tensor([t]), None), t, y)[0]
+    torch.testing.assert_close(y, x, atol=0, rtol=0)
+    fresh = make_scheduler(solver)
+    fresh.set_timesteps(6)
+    for t in grid[3:]:  # without the history the same steps go elsewhere
+        x0 = fresh.step(net(x0, torch.tensor([t]), None), t, x0)[0]
+    assert (x0 - x).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="does not fit"):
+        load_solver_state(second, {})
+    with pytest.raises(ValueError, match="does not fit"):
+        load_solver_state(second, solver_state(_plms_after_one_step()))
+
+
+def _plms_after_one_step() -> PLMSScheduler:
+    s = plms_scheduler()
+    s.set_timesteps(4)
+    s.step(torch.zeros(1, 3, 4, 4), int(s.timesteps[0]), torch.zeros(1, 3, 4, 4))
+    return s
+
+
+@pytest.mark.parametrize("solver", ["dpm++2m", "unipc"])
+def test_sc_refuses_an_inner_fuse_step_with_diffusers_multistep_solvers(solver):
+    with pytest.raises(ValueError, match="history of noise predictions"):
+        entry_sampler("sc", solver=solver, fuse_step=2, num_inference_steps=4)
+    sc = entry_sampler("sc", solver=solver, num_inference_steps=4)  # fused at the end: one loop, fine
+    assert isinstance(sc, SeparatedConditionInferer) and sc.fuse_step is None
+
+
+def test_diffusers_is_imported_only_for_its_solvers_and_reaches_no_network():
+    code = (
+        "import socket, sys\n"
+        "def refuse(*a, **k): raise OSError('network used')\n"
+        "socket.socket.connect = socket.create_connection = refuse\n"
+        "import monai_disc.inferers as inf\n"
+        "assert 'diffusers' not in sys.modules\n"
+        "s = inf.make_scheduler('unipc'); s.set_timesteps(2); inf.make_scheduler('dpm++2m')\n"
+        "print(type(s.scheduler).__name__, s.timesteps.tolist())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-3:] == ["UniPCMultistepScheduler", "[999,", "499]"]
