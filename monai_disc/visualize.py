@@ -18,7 +18,18 @@ from PIL import Image, ImageDraw, ImageFont
 from .io import atomic_path, atomic_write_bytes
 from .labels import LABEL_COLORS, LABEL_NAMES, GleasonLabel, colorize
 
-__all__ = ["LABEL_COLORS", "OVERLAY_NOTE", "font", "save_figure", "legend", "overlay", "save_grid", "save_picture", "text_size", "to_uint8"]
+__all__ = [
+    "LABEL_COLORS",
+    "OVERLAY_NOTE",
+    "font",
+    "save_figure",
+    "legend",
+    "overlay",
+    "save_grid",
+    "save_picture",
+    "text_size",
+    "to_uint8",
+]
 
 
 def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:

@@ -229,4 +229,6 @@ def _train_then_sample(path: Path, toy512: Path, tmp_path: Path, capsys) -> None
     assert tile.shape == (512, 512, 3)
     assert tile.std() > 0
     with capsys.disabled():
-        print(f"[paper_size] bundle inference, one 512 px tile, 2 solver steps of the default generator (whole command): {seconds:.1f} s")
+        print(
+            f"[paper_size] bundle inference, one 512 px tile, 2 solver steps of the default generator (whole command): {seconds:.1f} s"
+        )

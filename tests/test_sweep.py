@@ -18,7 +18,6 @@ from monai_disc.labels import multi_hot
 torch.set_num_threads(1)
 
 
-
 def _bags(n: int, seed: int) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     bags = []

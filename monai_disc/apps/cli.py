@@ -295,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float, default=2.0, help="microns per pixel written into the slide TIFFs")
     p.set_defaults(func=_generate_slides)
 
-    p = sub.add_parser("generate-region", help="a seamless region for a slide mask, as a pyramidal TIFF + mask TIFF")
+    p = sub.add_parser(
+        "generate-region", help="one continuous region for a slide mask, as a pyramidal TIFF + mask TIFF"
+    )
     p.add_argument("--mask", required=True, help="PNG label map (0..3, 255 glass) or PANDA radboud mask TIFF")
     p.add_argument("--mask-level", type=int, default=0, help="pyramid level to read a mask TIFF at")
     p.add_argument("--out", required=True, help="the slide .tiff; the mask goes to OUT_mask.tiff")

@@ -364,6 +364,8 @@ def _closing(out: Path, figures: dict) -> None:
           f"{np.mean(macro['real']):.1f} to {np.mean(macro['mixed']):.1f}, seed by seed in scarce_slides.png")  # fmt: skip
     if "whole_slides" in figures:
         print("- whole slides in, tiles at a target mpp, a slide-level reading (panda_slide.png)")
-    print("Next: docs/quickstart.md (your own data), docs/generators.md (every generator, `monai-disc compare-"
-          "generators`), docs/bundles.md (`python -m monai.bundle run`), docs/monailabel.md (QuPath).")
+    print(
+        "Next: docs/quickstart.md (your own data), docs/generators.md (every generator, `monai-disc compare-"
+        "generators`), docs/bundles.md (`python -m monai.bundle run`), docs/monailabel.md (QuPath)."
+    )
     print(f"figures: {out / 'demo_figures.json'}; pictures: {', '.join(figures['pictures'])}")

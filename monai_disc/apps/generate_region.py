@@ -1,4 +1,4 @@
-"""Synthetic whole slides: a slide mask -> a seamless region -> a pyramidal TIFF and its radboud mask TIFF.
+"""Synthetic whole slides: a slide mask -> one continuous region -> a pyramidal TIFF and its radboud mask TIFF.
 
 :func:`generate_region` draws one region with :class:`monai_disc.inferers.RegionSampler` from any generator of
 the registry and writes ``OUT.tiff`` (RGB, glass painted white) and ``OUT_mask.tiff`` (PANDA radboud values in

@@ -1,8 +1,8 @@
 """Regions of any size from a large Gleason mask: overlapping windows of the denoiser's native size that agree.
 
 A denoiser trained on 64 px tiles (16 x 16 latents under an f = 4 autoencoder) draws a region of any size when
-the region's latent is denoised window by window and the windows are made to agree at every DDIM step, so that
-no seam is left where they meet (MultiDiffusion, Bar-Tal et al. 2023; DiffInfinite, Aversa et al. 2023):
+the region's latent is denoised window by window and the windows are made to agree at every solver step, so that
+the windows do not cut the region into tiles (MultiDiffusion, Bar-Tal et al. 2023; DiffInfinite, Aversa et al. 2023):
 
 - ``mode="average"``: a fixed grid of windows overlapping by ``overlap`` latent pixels; at every step each
   window predicts the noise of its crop, the predictions are averaged where windows overlap (by default with
@@ -24,7 +24,9 @@ k only in the windows that hold label k, and the branches are fused by the regio
 (or at the sampler's ``fuse_step``, after which the fused latent continues as SD).
 
 Decoding runs in overlapping chunks whose outputs are blended with linear ramps, one band of chunk rows at a
-time (:meth:`RegionSampler.decode_bands`), so the decoder adds no seams and a slide is written as it decodes.
+time (:meth:`RegionSampler.decode_bands`), so no chunk's border shows as a cut and a slide is written as it decodes.
+Neighbouring chunks still disagree a little (the decoder reads its whole chunk): at the default the window edges
+read 13 % above the rest (docs/generators.md, "Seams at the default sampler").
 """
 
 from __future__ import annotations
@@ -478,7 +480,7 @@ class RegionSampler:
         """Decode a region's latent in overlapping chunks, blended, one band of image rows at a time.
 
         Chunks of ``decode_window`` latent pixels overlap by ``decode_overlap``; in the overlaps each chunk's
-        pixels are weighted by linear ramps (normalised by the summed weight), so no decoder border shows. A
+        pixels are weighted by linear ramps (normalised by the summed weight), so no chunk's border shows as a cut. A
         band is yielded once no later chunk touches its rows; memory holds one row of chunks.
 
         Args:
