@@ -185,3 +185,60 @@ def test_prepare_draws_once_and_never_reuses_slides_drawn_with_other_settings(tm
     assert manifest.stat().st_mtime_ns == stamp
     with pytest.raises(SettingsMismatchError, match="num_inference_steps: 2 -> 3"):
         prepare_study(tmp_path / "study", **{**draw, "num_inference_steps": 3})
+
+
+def test_generator_specs_keep_each_entry_own_sampling_and_name_their_knobs():
+    from monai_disc.apps.study import parse_generators
+    from monai_disc.inferers import DEFAULT_GENERATOR, DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_SOLVER
+
+    drawn = parse_generators(["gd:ddim:50", "default", DEFAULT_GENERATOR, "gd2", "gd1", "gd2:plms:3"])
+    assert list(drawn) == ["gd-ddim-50", DEFAULT_GENERATOR, "gd2", "gd1", "gd2-plms-3"]  # default == its name: once
+    knobs = {k: (v["generator"], v["solver"], v["num_inference_steps"]) for k, v in drawn.items()}
+    assert knobs["gd-ddim-50"] == ("gd", "ddim", 50) and knobs["gd2-plms-3"] == ("gd2", "plms", 3)
+    assert knobs[DEFAULT_GENERATOR] == (DEFAULT_GENERATOR, DEFAULT_SOLVER, DEFAULT_NUM_INFERENCE_STEPS)
+    # a student samples through the solver and steps it was trained with, not the default's
+    assert knobs["gd2"] == ("gd2", "ddim-leading", 2) and knobs["gd1"] == ("gd1", "ddim-middle", 1)
+    # the command's knobs set bare names; a spec's own knobs win
+    both = parse_generators(["gd2", "gd:ddim:50"], solver="ddim", num_inference_steps=8, guidance_scale=2.0)
+    assert both["gd2"] == {"generator": "gd2", "solver": "ddim", "num_inference_steps": 8, "guidance_scale": 2.0}
+    assert (both["gd-ddim-50"]["solver"], both["gd-ddim-50"]["num_inference_steps"]) == ("ddim", 50)
+    for bad, message in (("gd:ddim", "NAME:SOLVER:STEPS"), ("gd:ddim:0", "positive integer"),
+                         ("gd:nope:3", "unknown solver"), ("nope", "unknown generator")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            parse_generators([bad])
+
+
+def test_generators_at_several_step_counts_draw_the_same_masks_and_never_reuse_other_steps(tmp_path):
+    from monai_disc.apps.study import prepare_study
+    from monai_disc.data.synthetic import load_synthetic_bags
+    from monai_disc.data.toy import make_toy_sicapv2
+    from monai_disc.io import file_digest
+
+    root = make_toy_sicapv2(tmp_path / "toy", n_slides=6, tile_size=64, tiles_per_slide=(1, 2), n_wsi=0)
+    draw = {"data": root, "generators": ["sd", "sd:plms:1"], "solver": "ddim", "num_inference_steps": 2,
+            "n_synthetic": 2, "synthetic_tiles": (2, 2), "progress": False}  # fmt: skip
+    prepared = prepare_study(tmp_path / "study", **draw)
+    assert prepared["settings"]["drawn"] == ["sd", "sd-plms-1"]
+    assert prepared["settings"]["sampling"]["sd"]["solver"] == "ddim"
+    assert prepared["settings"]["sampling"]["sd-plms-1"]["solver"] == "plms"
+    folders = prepared["settings"]["synthetic_folders"]
+    bags = {name: load_synthetic_bags(folder) for name, folder in folders.items()}
+    masks = {name: [file_digest(m) for bag in b for m in bag["masks"]] for name, b in bags.items()}
+    images = {name: [file_digest(t) for bag in b for t in bag["tiles"]] for name, b in bags.items()}
+    assert len(masks["sd"]) == 4 and masks["sd"] == masks["sd-plms-1"]  # the same masks
+    assert all(a != b for a, b in zip(images["sd"], images["sd-plms-1"]))  # drawn differently
+    assert prepared["pixel"] is None
+    # the same arm name with another solver underneath (a bare name after a default change) is refused
+    with pytest.raises(SettingsMismatchError, match="solver"):
+        prepare_study(tmp_path / "study", **{**draw, "solver": "plms"})
+
+
+def test_a_study_without_slide_seeds_runs_the_pixel_level_only(data, tmp_path):
+    pool = {f"p{i}": _tiles(2, i) for i in range(32)}
+    pixel = PixelData(pool=pool, test=_tiles(6, 99), synthetic={"gen": _tiles(8, 50)}, steps=2, batch_size=4, seeds=[0])
+    out = tmp_path / "pixel_only"
+    report = run_study(data["pool"], data["test"], data["synthetic"], out, pixel=pixel, **{**SMALL, "seeds": ()})
+    assert "slide" not in report and [a["name"] for a in report["pixel"]["arms"]] == ["real", "gen@0.5", "gen-only"]
+    assert not (out / "cells" / "slide").exists() and "Slide level" not in (out / "study.md").read_text()
+    with pytest.raises(ValueError, match="needs seeds"):
+        run_study(data["pool"], data["test"], data["synthetic"], tmp_path / "none", **{**SMALL, "seeds": ()})

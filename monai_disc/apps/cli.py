@@ -182,7 +182,8 @@ def _study(args: argparse.Namespace) -> None:
         args.out, data=args.data, toy_config=args.toy_config, toy_seed=args.toy_seed,
         synthetic=_named_dirs(args.synthetic, "--synthetic"), generators=args.generators,
         n_synthetic=args.synthetic_slides, synthetic_tiles=tuple(args.synthetic_tiles), bundles_dir=args.bundles,
-        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, extractor=args.extractor,
+        num_inference_steps=args.num_inference_steps, solver=args.solver, guidance_scale=args.guidance_scale,
+        extractor=args.extractor,
         weights=args.weights, pixel=args.pixel_seeds != 0, pixel_test_tiles=args.pixel_test_tiles,
         overwrite=args.overwrite,
     )  # fmt: skip
@@ -392,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="append", default=[], metavar="NAME=DIR", help="synthetic slide folders")
     p.add_argument(
         "--generators", nargs="+", default=None,
-        help="generators that draw synthetic slides ('default': the default generator at run time); "
+        help="generators that draw synthetic slides, all on the same masks and seeds: NAME ('default': the default "
+        "generator at run time) or NAME:SOLVER:STEPS (arm NAME-SOLVER-STEPS, e.g. gd:ddim:50); "
         "default: sd gd default, unless --synthetic is given",
     )  # fmt: skip
     _add_sampling(p, generator=False)
@@ -400,7 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-tiles", type=int, nargs=2, default=[4, 8], metavar=("MIN", "MAX"))
     p.add_argument("--extractor", default="carcinonet_toy", help="tile feature extractor")
     p.add_argument("--weights", default=None, help="local weight file of the extractor")
-    p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (each: one real subset, one initialisation)")
+    p.add_argument(
+        "--seeds", type=int, default=10,
+        help="seeds 0..N-1 (each: one real subset, one initialisation); 0: no slide level (give --pixel-seeds)",
+    )  # fmt: skip
     p.add_argument("--train-slides", type=int, default=24, help="labelled real slides per seed")
     p.add_argument("--val-slides", type=int, default=24, help="real validation slides per seed (early stopping)")
     p.add_argument("--lambdas", type=float, nargs="+", default=[0.3, 0.5])

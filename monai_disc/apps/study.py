@@ -57,6 +57,7 @@ __all__ = [
     "DEFAULT_LAMBDAS",
     "PixelData",
     "format_study",
+    "parse_generators",
     "plot_study",
     "prepare_study",
     "run_study",
@@ -155,7 +156,8 @@ def run_study(
         test: the real test feature bags.
         synthetic: generator name -> its synthetic feature bags (insertion order is the arms' order).
         out_dir: output folder (layout in the module docstring).
-        seeds: training seeds (>= 10 for a study that means something; fewer for a smoke run).
+        seeds: training seeds (>= 10 for a study that means something; fewer for a smoke run); empty: no slide
+            level (a pixel-level study, ``pixel`` with its own seeds).
         n_train, n_val: labelled real slides per seed for training and for early stopping.
         lambdas: the balances of the mixed arms.
         min_positive: positives per class in each seed's training draw (:func:`paired_subset`).
@@ -175,7 +177,8 @@ def run_study(
 
     Raises:
         monai_disc.io.SettingsMismatchError: ``out_dir`` holds a study of other settings (each named).
-        ValueError: bad lambdas or generator names, or a pool too small for the draws.
+        ValueError: bad lambdas or generator names, a pool too small for the draws, or no seeds at either
+            level.
     """
     from tqdm.auto import tqdm
 
@@ -185,9 +188,11 @@ def run_study(
     rank, world_size = resolve_rank(rank, world_size)
     out = Path(out_dir).expanduser()
     generators = list(synthetic)
-    arms = study_arms(generators, lambdas)
+    arms = study_arms(generators, lambdas) if len(seeds) else []
     pixel_arms = study_arms(generators, [pixel.lam], synthetic_only=True) if pixel is not None else []
     pixel_seeds = [] if pixel is None else [int(s) for s in (seeds if pixel.seeds is None else pixel.seeds)]
+    if not arms and not pixel_seeds:
+        raise ValueError("a study needs seeds at the slide level, or a pixel level with seeds")
     pool_bags, test_bags = as_feature_bags(pool), as_feature_bags(test)
     opened = {g: as_feature_bags(synthetic[g]) for g in generators}
     record = _record(pool_bags, test_bags, opened, seeds, n_train, n_val, lambdas, min_positive, pixel, pixel_seeds,
@@ -399,8 +404,9 @@ def _report(
         "n_boot": int(n_boot),
         "level": 0.95,
         "margin": float(margin),
-        "slide": _level_report(out, "slide", arms, seeds, n_boot, margin),
     }
+    if arms:  # no slide seeds: a pixel-level study
+        report["slide"] = _level_report(out, "slide", arms, seeds, n_boot, margin)
     if pixel_arms:
         report["pixel"] = _level_report(out, "pixel", pixel_arms, pixel_seeds, n_boot, margin)
     return report
@@ -527,6 +533,58 @@ def plot_study(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return save_figure(fig, path)
 
 
+def parse_generators(
+    specs: Sequence[str],
+    solver: str | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float = 1.0,
+) -> dict[str, dict[str, Any]]:
+    """The generators a study draws with, each with its sampling settings resolved through the registry.
+
+    A spec is a registered generator, ``default`` (:data:`monai_disc.inferers.DEFAULT_GENERATOR` at run time) or
+    ``NAME:SOLVER:STEPS`` (that generator with that solver and step count). A bare name samples with ``solver`` and
+    ``num_inference_steps`` where given, else with its registry entry's own (a student keeps the solver and steps
+    it was trained through); a spec's knobs win over both. So one study can hold the same weights at several step
+    counts, each its own arm on the same masks and seeds.
+
+    Args:
+        specs: generator specs, in the arms' order; one naming the same arm twice counts once.
+        solver, num_inference_steps: the sampling of bare names (None: each entry's own).
+        guidance_scale: classifier-free guidance weight of every generator.
+
+    Returns:
+        arm name -> ``generator``, ``solver``, ``num_inference_steps``, ``guidance_scale``. A bare name is its own
+        arm name; ``NAME:SOLVER:STEPS`` is ``NAME-SOLVER-STEPS`` (``gd:ddim:50`` -> ``gd-ddim-50``).
+
+    Raises:
+        ValueError: a spec that is not ``NAME`` or ``NAME:SOLVER:STEPS``, an unknown generator or solver, steps
+            that are not a positive integer.
+    """
+    from monai_disc.inferers import DEFAULT_GENERATOR, sampler_options
+
+    resolved: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        parts = str(spec).split(":")
+        if len(parts) not in (1, 3) or not all(parts):
+            raise ValueError(f"generator spec {spec!r}: expected NAME or NAME:SOLVER:STEPS (e.g. gd:ddim:50)")
+        name = DEFAULT_GENERATOR if parts[0] == "default" else parts[0]
+        knobs = {"solver": solver, "num_inference_steps": num_inference_steps}
+        label = name
+        if len(parts) == 3:
+            if not parts[2].isdigit() or int(parts[2]) < 1:
+                raise ValueError(f"generator spec {spec!r}: steps must be a positive integer, got {parts[2]!r}")
+            knobs = {"solver": parts[1], "num_inference_steps": int(parts[2])}
+            label = f"{name}-{parts[1]}-{int(parts[2])}"
+        options = sampler_options(name, guidance_scale=guidance_scale, **knobs)
+        resolved.setdefault(label, {
+            "generator": name,
+            "solver": options["scheduler"],
+            "num_inference_steps": options["num_inference_steps"],
+            "guidance_scale": options["guidance_scale"],
+        })  # fmt: skip
+    return resolved
+
+
 def _draw_synthetic(
     root: Path,
     out: Path,
@@ -541,8 +599,10 @@ def _draw_synthetic(
     progress: bool,
     overwrite: bool,
 ) -> Path:
-    """``n_slides`` planned synthetic slides (every primary grade alike) drawn by generator ``name``; slides drawn
-    with other settings are never reused (an error, or ``overwrite`` draws them again)."""
+    """``n_slides`` planned synthetic slides (every primary grade alike) of arm ``name``, drawn with ``sampling``
+    (:func:`parse_generators`: the generator and its resolved solver, steps and guidance). The plan (masks and noise
+    seeds) depends on the real data and the counts only, so every generator draws the same masks with the same
+    seeds. Slides drawn with other settings are never reused (an error, or ``overwrite`` draws them again)."""
     from monai_disc.apps.generate_slides import generate_slides
     from monai_disc.data.sicapv2 import load_sicapv2
     from monai_disc.distributed import wait_for_file
@@ -559,7 +619,8 @@ def _draw_synthetic(
         bank = ShapeBank.from_data_list(load_sicapv2(root, "Test", "Train"), size=tile_size)
         per_grade = -(-n_slides // 4)
         plans = plan_synthetic_slides({g: 0 for g in range(4)}, bank, target=per_grade, n_tiles=tiles)
-        generator = load_generator(name, bundles_dir, **sampling)
+        knobs = {k: v for k, v in sampling.items() if k != "generator"}
+        generator = load_generator(sampling["generator"], bundles_dir, **knobs)
         generate_slides(plans_in_turn(plans, n_slides), folder, generator, bank, rank=rank, world_size=world_size,
                         progress=progress)  # fmt: skip
         wait_for_file(folder / "manifest.csv", f"synthetic slides of {name}")
@@ -611,6 +672,7 @@ def prepare_study(
     synthetic_tiles: tuple[int, int] = (4, 8),
     bundles_dir: str | os.PathLike | None = None,
     num_inference_steps: int | None = None,
+    solver: str | None = None,
     guidance_scale: float = 1.0,
     extractor: str = "carcinonet_toy",
     weights: str | os.PathLike | None = None,
@@ -630,13 +692,16 @@ def prepare_study(
         out_dir: the study folder (``toy/``, ``synthetic/<generator>/``, ``features/`` go there).
         data: a SICAPv2-layout root; None draws the toy set ``toy_config`` (``TOY_CONFIGS``) with ``toy_seed``.
         synthetic: name -> a synthetic slide folder (``generate-slides`` output) to use as it is.
-        generators: registered generators that draw ``n_synthetic`` slides each; ``"default"`` stands for the
-            default generator at run time (:data:`monai_disc.inferers.DEFAULT_GENERATOR`); a generator named twice
-            draws once. None: ``sd``, ``gd`` and ``default``, unless ``synthetic`` is given.
+        generators: generator specs (:func:`parse_generators`: a registered name, ``"default"`` for the default
+            generator at run time, or ``NAME:SOLVER:STEPS``) that draw ``n_synthetic`` slides each, all from the
+            same plan (masks and noise seeds); an arm named twice draws once. None: ``sd``, ``gd`` and ``default``,
+            unless ``synthetic`` is given.
         n_synthetic: synthetic slides per generator (every primary grade alike).
         synthetic_tiles: inclusive range of tiles per synthetic slide.
         bundles_dir: folder of the bundles' weights; None: the source checkout's.
-        num_inference_steps, guidance_scale: sampling knobs of every generator (None: the default steps).
+        num_inference_steps, solver: sampling of the generators named without knobs (None: each registry
+            entry's own).
+        guidance_scale: classifier-free guidance weight of every generator.
         extractor, weights: the tile feature extractor (:func:`monai_disc.networks.build_extractor`); the toy
             CarcinoNet encoder reads the carcinonet bundle's weights when ``weights`` is None.
         pixel: also load the tiles of a pixel-level study.
@@ -657,7 +722,7 @@ def prepare_study(
     from monai_disc.data.tilesets import load_sicapv2_bags
     from monai_disc.data.toy import TOY_CONFIGS, is_complete, make_toy_sicapv2
     from monai_disc.distributed import resolve_rank, wait_for_file
-    from monai_disc.inferers import DEFAULT_GENERATOR, DEFAULT_NUM_INFERENCE_STEPS, GENERATORS
+    from monai_disc.inferers import DEFAULT_GENERATOR
     from monai_disc.networks import build_extractor
 
     rank, world_size = resolve_rank(rank, world_size)
@@ -687,25 +752,20 @@ def prepare_study(
     folders = {name: Path(path).expanduser() for name, path in (synthetic or {}).items()}
     if generators is None and not folders:
         generators = ["sd", "gd", "default"]
-    generators = list(dict.fromkeys(DEFAULT_GENERATOR if g == "default" else g for g in generators or []))
-    unknown = [g for g in generators if g not in GENERATORS]
-    if unknown:
-        raise ValueError(f"unknown generator(s) {unknown}; choose from {sorted(GENERATORS)}")
-    steps = DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None else int(num_inference_steps)
-    sampling = {"num_inference_steps": steps, "guidance_scale": float(guidance_scale)}
-    for name in generators:
+    sampling = parse_generators(generators or [], solver, num_inference_steps, guidance_scale)
+    for name, knobs in sampling.items():
         if name in folders:
             raise ValueError(f"generator {name!r} is given both as a folder and to draw")
-        folders[name] = _draw_synthetic(root, out, name, n_synthetic, tuple(synthetic_tiles), tile_size, sampling,
+        folders[name] = _draw_synthetic(root, out, name, n_synthetic, tuple(synthetic_tiles), tile_size, knobs,
                                         bundles_dir, rank, world_size, progress, overwrite)  # fmt: skip
     settings.update(
         {
             "default_generator": DEFAULT_GENERATOR,
-            "drawn": list(generators),
+            "drawn": list(sampling),
             "synthetic_folders": {k: str(v) for k, v in folders.items()},
             "n_synthetic": int(n_synthetic),
             "synthetic_tiles": list(synthetic_tiles),
-            **sampling,
+            "sampling": sampling,
             "extractor": extractor,
             "weights": None if weights is None else str(weights),
         }
