@@ -153,6 +153,7 @@ def test_pixel_level_runs_real_mixed_and_synthetic_only_arms(data, tmp_path):
     assert report["pixel"]["mean_name"] == "mIoU" and report["pixel"]["n_test"] == 6
     cell = json.loads((out / "cells" / "pixel" / "gen-only" / "seed=0" / "cell.json").read_text())
     assert cell["arm"]["lam"] == 1.0 and len(cell["iou"]) == 4
+    assert cell["torch_threads"] == torch.get_num_threads()  # what a rerun needs to give the same numbers
     with np.load(out / "cells" / "pixel" / "real" / "seed=0" / "scores.npz") as saved:
         assert saved["confusion"].shape == (6, 4, 4) and saved["confusion"].sum() == 6 * 32 * 32
     assert "Pixel level" in (out / "study.md").read_text()

@@ -129,7 +129,8 @@ def _write_cell(out: Path, arm: Arm, seed: int, arrays: Mapping[str, np.ndarray]
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write_bytes(out / _SCORES, buffer.getvalue())
-    record = {"arm": asdict(arm), "seed": int(seed), **summary}
+    # CPU results are reproducible at one thread count only (the order of float sums): the cell says which it had
+    record = {"arm": asdict(arm), "seed": int(seed), **summary, "torch_threads": torch.get_num_threads()}
     atomic_write_text(out / CELL_FILE, json.dumps(record, indent=1, default=float) + "\n")
     return record
 
