@@ -18,17 +18,20 @@ import torch
 
 from monai_disc.apps.compare import compare_generators, held_out_masks
 from monai_disc.bundles import CARCINONET_WEIGHTS, bundle_file
-from monai_disc.inferers import load_generator
+from monai_disc.inferers import load_generator, split_generator_spec
 from monai_disc.networks import carcinonet_toy, load_weights
 
 
 def _row(spec: str, bundles: str, weights: str | None):
     parts = spec.split(":")
-    if len(parts) not in (3, 4):
+    try:
+        name, knobs = split_generator_spec(":".join(parts[:3]))
+    except ValueError:
+        knobs = {}
+    if not knobs or len(parts) > 4:
         raise SystemExit(f"row {spec!r}: expected generator:solver:steps[:guidance]")
-    name, solver, steps = parts[0], parts[1], int(parts[2])
     guidance = float(parts[3]) if len(parts) == 4 else 1.0
-    gen = load_generator(name, bundles, solver=solver, num_inference_steps=steps, guidance_scale=guidance)
+    gen = load_generator(name, bundles, guidance_scale=guidance, **knobs)
     if weights:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         gen.denoiser.load_state_dict(state.get("ema", state.get("model", state)))

@@ -20,7 +20,7 @@ import time
 import torch
 
 from monai_disc.apps.compare import EvaluationCounter, held_out_masks
-from monai_disc.inferers import SOLVERS, load_generator
+from monai_disc.inferers import SOLVERS, load_generator, split_generator_spec
 
 
 def main() -> None:
@@ -39,15 +39,9 @@ def main() -> None:
 
     generators = {}
     for spec in args.generators:
-        name, solver, steps = (spec.split(":") + [None, None])[:3]
-        generators[spec] = load_generator(
-            name,
-            args.bundles,
-            device="cpu",
-            guidance_scale=args.guidance_scale,
-            solver=solver or args.solver,
-            num_inference_steps=int(steps) if steps else args.num_inference_steps,
-        )
+        name, knobs = split_generator_spec(spec)
+        knobs = knobs or {"solver": args.solver, "num_inference_steps": args.num_inference_steps}
+        generators[spec] = load_generator(name, args.bundles, device="cpu", guidance_scale=args.guidance_scale, **knobs)
     masks, _ = held_out_masks(args.data, args.masks, min_labels=2, size=64)
     seeds = list(range(len(masks)))
     for gen in generators.values():  # first-call costs belong to no generator

@@ -93,13 +93,16 @@ def seam_ratio(image: np.ndarray, period: int = TILE) -> float:
 
 EDGE_RULES = {  # rules of the same sampling cost (81 windows per 512 px and step): where their window edges show
     "average, overlap 2, ramps (default)": {"mode": "average", "overlap": 2, "decode_overlap": 2},
-    "average, overlap 2, decoded whole (no chunks: the sampler's part alone)": {"mode": "average", "overlap": 2},
+    "average, overlap 2, decoded whole (no chunks: the sampler's part alone)": {
+        "mode": "average",
+        "overlap": 2,
+        "whole": True,
+    },
     "average, overlap 2, decoded with overlap 4": {"mode": "average", "overlap": 2, "decode_overlap": 4},
     "average, overlap 2, decoded with overlap 8": {"mode": "average", "overlap": 2, "decode_overlap": 8},
     "shift, overlap 2, ramps (random offsets per step)": {"mode": "shift", "overlap": 2, "decode_overlap": 2},
     "shift, overlap 2, decoded with overlap 4": {"mode": "shift", "overlap": 2, "decode_overlap": 4},
 }
-WHOLE = "decoded whole"  # a rule (or reference) whose latent is decoded in one call, not in chunks
 
 
 def window_edges(length: int, region: RegionSampler, factor: int = 4) -> list[int]:
@@ -172,15 +175,16 @@ def edges_table(
         x = torch.from_numpy(real).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         with torch.no_grad():
             latent = gen.autoencoder.encode_stage_2_inputs(x)[0] * float(getattr(gen.autoencoder, "scale_factor", 1.0))
-        add(f"real tissue encoded, {WHOLE}", _decode_whole(latent, gen.autoencoder), mask)
+        add("real tissue encoded, decoded whole", _decode_whole(latent, gen.autoencoder), mask)
         add("real tissue encoded, decoded in the default 64 px chunks", default.decode(latent, gen.autoencoder), mask)
         for name, options in EDGE_RULES.items():
             if rules and name not in rules:
                 continue
-            region = RegionSampler(sampler, window_batch_size=32, **options)
+            whole = options.get("whole", False)  # decoded in one call, not in chunks
+            region = RegionSampler(sampler, window_batch_size=32, **{k: v for k, v in options.items() if k != "whole"})
             start = time.perf_counter()
             latent = region.sample_latent(torch.from_numpy(mask), gen.autoencoder, gen.denoiser, seed + m)
-            image = _decode_whole(latent, gen.autoencoder) if WHOLE in name else region.decode(latent, gen.autoencoder)
+            image = _decode_whole(latent, gen.autoencoder) if whole else region.decode(latent, gen.autoencoder)
             add(name, image, mask, time.perf_counter() - start)
     evaluations = default.num_evaluations
     solver = type(gen.ldm_sampler.scheduler).__name__

@@ -560,21 +560,14 @@ def parse_generators(
         ValueError: a spec that is not ``NAME`` or ``NAME:SOLVER:STEPS``, an unknown generator or solver, steps
             that are not a positive integer.
     """
-    from monai_disc.inferers import DEFAULT_GENERATOR, sampler_options
+    from monai_disc.inferers import DEFAULT_GENERATOR, sampler_options, split_generator_spec
 
     resolved: dict[str, dict[str, Any]] = {}
     for spec in specs:
-        parts = str(spec).split(":")
-        if len(parts) not in (1, 3) or not all(parts):
-            raise ValueError(f"generator spec {spec!r}: expected NAME or NAME:SOLVER:STEPS (e.g. gd:ddim:50)")
-        name = DEFAULT_GENERATOR if parts[0] == "default" else parts[0]
-        knobs = {"solver": solver, "num_inference_steps": num_inference_steps}
-        label = name
-        if len(parts) == 3:
-            if not parts[2].isdigit() or int(parts[2]) < 1:
-                raise ValueError(f"generator spec {spec!r}: steps must be a positive integer, got {parts[2]!r}")
-            knobs = {"solver": parts[1], "num_inference_steps": int(parts[2])}
-            label = f"{name}-{parts[1]}-{int(parts[2])}"
+        name, spec_knobs = split_generator_spec(spec)
+        name = DEFAULT_GENERATOR if name == "default" else name
+        knobs = spec_knobs or {"solver": solver, "num_inference_steps": num_inference_steps}
+        label = "-".join([name, *(str(v) for v in spec_knobs.values())])  # gd:ddim:50 -> gd-ddim-50
         options = sampler_options(name, guidance_scale=guidance_scale, **knobs)
         resolved.setdefault(label, {
             "generator": name,

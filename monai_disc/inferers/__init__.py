@@ -11,6 +11,7 @@ from .generators import (
     entry_sampler,
     load_generator,
     sampler_options,
+    split_generator_spec,
 )
 from .mask_ldm import (
     DEFAULT_NUM_INFERENCE_STEPS,
@@ -65,6 +66,7 @@ __all__ = [
     "plms_scheduler",
     "present_labels",
     "sampler_options",
+    "split_generator_spec",
     "tile_size_multiple",
     "uniform_masks",
     "unipc_scheduler",

@@ -34,6 +34,7 @@ __all__ = [
     "entry_sampler",
     "load_generator",
     "sampler_options",
+    "split_generator_spec",
 ]
 
 
@@ -149,6 +150,29 @@ class LDMGenerator:
         """Tiles (B, 3, H, W) in [-1, 1] on the CPU, for label maps (B, H, W) and one seed per mask."""
         tiles = self.sampler.sample(masks, self.autoencoder, self.denoiser, seeds=list(seeds))
         return tiles.detach().float().cpu()
+
+
+def split_generator_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """A generator named on a command line: ``NAME`` (its entry's own sampling) or ``NAME:SOLVER:STEPS``.
+
+    Args:
+        spec: the text, e.g. ``"gd"`` or ``"gd:ddim:50"``.
+
+    Returns:
+        (the generator name, the knobs the spec sets: ``{}`` or ``solver`` and ``num_inference_steps``), for
+        :func:`sampler_options` / :func:`load_generator`.
+
+    Raises:
+        ValueError: a spec of another shape, or steps that are not a positive integer.
+    """
+    parts = str(spec).split(":")
+    if len(parts) not in (1, 3) or not all(parts):
+        raise ValueError(f"generator spec {spec!r}: expected NAME or NAME:SOLVER:STEPS (e.g. gd:ddim:50)")
+    if len(parts) == 1:
+        return parts[0], {}
+    if not parts[2].isdigit() or int(parts[2]) < 1:
+        raise ValueError(f"generator spec {spec!r}: steps must be a positive integer, got {parts[2]!r}")
+    return parts[0], {"solver": parts[1], "num_inference_steps": int(parts[2])}
 
 
 def sampler_options(
